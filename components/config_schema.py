@@ -1,0 +1,110 @@
+"""The typed shape of a bifusion config. Values (and so every default) live in `configs/base.yaml`.
+
+Fields have no defaults on purpose: a key missing from the YAML is an error, so there is exactly one place
+where a default is set. Each stage reads the sections it needs and logs them as its resolved config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+from bifusion.components.config import apply_overrides, build_dataclass, load_tree
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where stage outputs go and how S3 is reached. Credentials never appear here (AWS default chain)."""
+
+    root: str  # file:///abs/path, a plain path (relative to workdir) or s3://bucket/prefix
+    endpoint_url: str | None  # S3-compatible endpoint; null -> AWS_ENDPOINT_URL(_S3) or AWS itself
+    region: str | None
+    addressing_style: Literal["auto", "path", "virtual"]
+    part_size_mb: int  # multipart threshold and part size
+    max_concurrency: int  # parallel part transfers per file
+    max_attempts: int  # bounded retries (botocore "standard" mode: exponential backoff with jitter)
+    connect_timeout_s: float
+    read_timeout_s: float
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow settings; uri null -> MLFLOW_TRACKING_URI or sqlite:///<workdir>/mlflow.db."""
+
+    uri: str | None
+    experiment: str | None  # null -> MLFLOW_EXPERIMENT_NAME or "bifusion"
+    check_timeout_s: float  # a stage fails this fast when the tracking server cannot be reached
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Procedural ScanNet-format rooms (`bifusion synth`)."""
+
+    seed: int
+    num_scenes: int
+    num_val_scenes: int  # the last N scenes form the val split
+    frames_per_scene: int  # exported frames, named 0, step, 2*step, ... like ScanNet's 2D export
+    export_frame_step: int  # raw frames between two exported frames (ScanNet 2D exports: 20)
+    width: int
+    height: int
+    focal_length_px: float  # at 640x480; scaled with the resolution
+    room_size_m: tuple[float, float]  # min and max side length of the rectangular room
+    wall_height_m: float
+    objects_per_room: tuple[int, int]  # min and max furniture items besides wall/floor decorations
+    mesh_vertex_spacing_m: float  # target vertex spacing of the exported mesh
+    segment_size_m: float  # size of the mesh over-segmentation patches (segs.json)
+    camera_height_m: tuple[float, float]
+    jpeg_quality: int
+    workers: int
+
+
+@dataclass(frozen=True)
+class SuperpointConfig:
+    """How per-frame superpoints are made (`method: felzenszwalb`) or read (`method: masks`)."""
+
+    method: Literal["felzenszwalb", "masks"]
+    scale: float  # Felzenszwalb scale: larger -> larger segments
+    sigma: float  # Gaussian pre-smoothing of the RGB-D image
+    min_size: int  # minimum segment size in pixels
+    normal_weight: float  # weight of surface normals against colour (0-1 range) in edge weights
+    depth_weight: float  # weight per metre of depth difference
+    masks_dir: str  # for method=masks: folder under the scene's frame folder with <N>.png / <N>.npy masks
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """Raw ScanNet layout -> ESAM-compatible single-view (SV), multi-view (MV) and scene sets (`bifusion prep`)."""
+
+    sets: list[Literal["sv", "mv", "scene"]]
+    sv_frame_step: int  # raw frames between SV samples (ESAM: 200)
+    mv_frame_step: int  # raw frames between MV samples (ESAM: 40)
+    points_per_frame: int
+    depth_scale: float  # depth PNG units per metre
+    depth_range_m: tuple[float, float]
+    intrinsics: Literal["file", "scannet_average"]  # per-scene file, or ESAM's fixed 577.87 average
+    min_valid_points: int  # frames with fewer valid depth pixels are skipped
+    max_bad_fraction: float  # the stage fails if more frames than this fraction are skipped
+    label_box_margin_m: float  # points labelled with an instance but outside its box + margin lose the label
+    frames_dir: str  # where exported frames live, relative to the raw root; {scene} is replaced
+    split_files: dict[str, str]  # split name -> file (relative to the raw root) listing its scenes
+    superpoints: SuperpointConfig
+    workers: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole bifusion config: shared sections plus one section per stage."""
+
+    workdir: str  # local working folder: default store, MLflow database, caches
+    storage: StorageConfig
+    tracking: TrackingConfig
+    synth: SynthConfig
+    prep: PrepConfig
+
+
+def load_config(refs: Sequence[str | Path] = ("base",), overrides: Sequence[str] = ()) -> Config:
+    """Merge config files left to right (each with its `_base_` chain), apply overrides, build the schema."""
+    tree = load_tree(list(refs) or ["base"])
+    return build_dataclass(Config, apply_overrides(tree, overrides))

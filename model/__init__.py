@@ -1,0 +1,1 @@
+"""BiFusion network code: pure PyTorch modules, losses and post-processing (no I/O, no orchestration)."""

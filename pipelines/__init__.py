@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline over the stages: local runs, compilation and submission."""
