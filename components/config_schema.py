@@ -104,6 +104,13 @@ class Config:
     prep: PrepConfig
 
 
+def config_from_yaml(text: str) -> Config:
+    """Rebuild a resolved config from its YAML dump (how pipeline tasks receive their config)."""
+    import yaml
+
+    return build_dataclass(Config, yaml.safe_load(text))
+
+
 def load_config(refs: Sequence[str | Path] = ("base",), overrides: Sequence[str] = ()) -> Config:
     """Merge config files left to right (each with its `_base_` chain), apply overrides, build the schema."""
     tree = load_tree(list(refs) or ["base"])

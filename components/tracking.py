@@ -146,6 +146,16 @@ def finish_pipeline_run(config: Config, run_id: str, status: str, tags: Mapping[
     client.set_terminated(run_id, status)
 
 
+def stage_names_under(config: Config, parent_run_id: str) -> set[str]:
+    """Stages that recorded a child run under a pipeline's parent run (cached stages did not)."""
+    client = _client(resolve_tracking_uri(config.tracking, config.workdir))
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
+    return {run.data.tags.get("bifusion.stage", "") for run in children}
+
+
 class StageRun:
     """Handle a stage uses to record metrics and small artifacts in its own MLflow run."""
 
