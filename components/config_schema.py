@@ -6,11 +6,12 @@ where a default is set. Each stage reads the sections it needs and logs them as 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
-from bifusion.components.config import apply_overrides, build_dataclass, load_tree
+from bifusion.components.config import apply_overrides, build_dataclass, load_tree, to_tree
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class SuperpointConfig:
     sigma: float  # Gaussian pre-smoothing of the RGB-D image
     min_size: int  # minimum segment size in pixels
     normal_weight: float  # weight of surface normals against colour (0-1 range) in edge weights
-    depth_weight: float  # weight per metre of depth difference
+    plane_offset_weight: float  # weight per metre of difference in tangent-plane offset n.p
     masks_dir: str  # for method=masks: folder under the scene's frame folder with <N>.png / <N>.npy masks
 
 
@@ -104,11 +105,18 @@ class Config:
     prep: PrepConfig
 
 
-def config_from_yaml(text: str) -> Config:
-    """Rebuild a resolved config from its YAML dump (how pipeline tasks receive their config)."""
-    import yaml
+def config_to_json(config: Config) -> str:
+    """One-line JSON of a resolved config: how pipeline tasks receive it.
 
-    return build_dataclass(Config, yaml.safe_load(text))
+    JSON rather than YAML: KFP copies parameter defaults into a comment header of the compiled file, and a
+    multi-line default breaks that file's YAML.
+    """
+    return json.dumps(to_tree(config))
+
+
+def config_from_json(text: str) -> Config:
+    """Rebuild a resolved config from `config_to_json`'s output."""
+    return build_dataclass(Config, json.loads(text))
 
 
 def load_config(refs: Sequence[str | Path] = ("base",), overrides: Sequence[str] = ()) -> Config:

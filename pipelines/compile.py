@@ -1,11 +1,10 @@
-"""Compile the pipeline to KFP's IR YAML, with a resolved config as the default of `config_yaml`."""
+"""Compile the pipeline to KFP's IR YAML, with a resolved config as the default of `config_json`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bifusion.components.config import to_yaml
-from bifusion.components.config_schema import Config
+from bifusion.components.config_schema import Config, config_to_json
 
 
 def compile_pipeline(config: Config, output: Path) -> Path:
@@ -16,6 +15,6 @@ def compile_pipeline(config: Config, output: Path) -> Path:
 
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        bifusion_pipeline, str(output), pipeline_parameters={"config_yaml": to_yaml(config)}
+        bifusion_pipeline, str(output), pipeline_parameters={"config_json": config_to_json(config)}
     )
     return output

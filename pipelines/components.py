@@ -2,10 +2,10 @@
 
 They are lightweight Python components so `kfp.local`'s SubprocessRunner can run them; the image they
 name must have this package installed (it brings kfp with it). Each returns only URIs: data moves
-through the store, never through KFP artifacts.
+through the store, never through KFP artifacts. (No `from __future__ import annotations` here: KFP reads
+the real annotation objects to build component specs.)
 """
 
-from __future__ import annotations
 
 import os
 from typing import NamedTuple
@@ -16,21 +16,21 @@ STAGE_IMAGE = os.environ.get("BIFUSION_STAGE_IMAGE", "ghcr.io/bifusion/bifusion-
 
 
 @dsl.component(base_image=STAGE_IMAGE, install_kfp_package=False)
-def synth_component(config_yaml: str) -> str:
+def synth_component(config_json: str) -> str:
     """Generate the demo rooms; returns the raw root URI."""
-    from bifusion.components.config_schema import config_from_yaml
+    from bifusion.components.config_schema import config_from_json
     from bifusion.components.synth.stage import run_synth
 
-    return run_synth(config_from_yaml(config_yaml)).raw_uri
+    return run_synth(config_from_json(config_json)).raw_uri
 
 
 @dsl.component(base_image=STAGE_IMAGE, install_kfp_package=False)
-def prep_component(config_yaml: str, raw_uri: str) -> NamedTuple("PrepOutputs", sv_uri=str, mv_uri=str, scene_uri=str):
+def prep_component(config_json: str, raw_uri: str) -> NamedTuple("PrepOutputs", sv_uri=str, mv_uri=str, scene_uri=str):
     """Prepare the SV, MV and scene sets from a raw root; returns their URIs."""
     from collections import namedtuple
 
-    from bifusion.components.config_schema import config_from_yaml
+    from bifusion.components.config_schema import config_from_json
     from bifusion.components.prep.stage import run_prep
 
-    result = run_prep(config_from_yaml(config_yaml), raw_uri)
+    result = run_prep(config_from_json(config_json), raw_uri)
     return namedtuple("PrepOutputs", "sv_uri mv_uri scene_uri")(result.sv_uri, result.mv_uri, result.scene_uri)

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from bifusion.components.config import to_yaml
-from bifusion.components.config_schema import Config
+from bifusion.components.config_schema import Config, config_to_json
 from bifusion.components.tracking import (
     PARENT_RUN_ENV,
     check_tracking_backend,
@@ -74,7 +73,7 @@ def run_local(config: Config, raw_uri: str = "", enable_caching: bool = True) ->
     )
     try:
         with _environment(**{PARENT_RUN_ENV: parent, "MLFLOW_TRACKING_URI": tracking_uri}):
-            task = bifusion_pipeline(config_yaml=to_yaml(config), raw_uri=raw_uri)
+            task = bifusion_pipeline(config_json=config_to_json(config), raw_uri=raw_uri)
     except BaseException:
         finish_pipeline_run(config, parent, "FAILED")
         raise

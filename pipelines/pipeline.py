@@ -1,6 +1,5 @@
 """The bifusion pipeline: declares stage tasks and their wiring only."""
 
-from __future__ import annotations
 
 from typing import NamedTuple
 
@@ -14,13 +13,13 @@ PipelineOutputs = NamedTuple("PipelineOutputs", sv_uri=str, mv_uri=str, scene_ur
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="BiFusion: raw ScanNet (or generated rooms) -> SV/MV training sets")
-def bifusion_pipeline(config_yaml: str, raw_uri: str = "") -> PipelineOutputs:
-    """`config_yaml` is the fully resolved config; `raw_uri` empty means: generate demo rooms first."""
+def bifusion_pipeline(config_json: str, raw_uri: str = "") -> PipelineOutputs:
+    """`config_json` is the fully resolved config; `raw_uri` empty means: generate demo rooms first."""
     with dsl.If(raw_uri == "", name="generate-demo-data"):
-        synth = synth_component(config_yaml=config_yaml).set_display_name("synth")
-        prep_generated = prep_component(config_yaml=config_yaml, raw_uri=synth.output).set_display_name("prep")
+        synth = synth_component(config_json=config_json).set_display_name("synth")
+        prep_generated = prep_component(config_json=config_json, raw_uri=synth.output).set_display_name("prep")
     with dsl.Else(name="use-given-data"):
-        prep_given = prep_component(config_yaml=config_yaml, raw_uri=raw_uri).set_display_name("prep")
+        prep_given = prep_component(config_json=config_json, raw_uri=raw_uri).set_display_name("prep")
     return PipelineOutputs(
         sv_uri=dsl.OneOf(prep_generated.outputs["sv_uri"], prep_given.outputs["sv_uri"]),
         mv_uri=dsl.OneOf(prep_generated.outputs["mv_uri"], prep_given.outputs["mv_uri"]),

@@ -4,9 +4,12 @@ ESAM paints SAM/FastSAM masks on the image and lifts them to points; points no m
 clustered separately. We keep that structure and make the 2D segmenter pluggable:
 
 - `felzenszwalb` (default, CPU, no model weights): Felzenszwalb-Huttenlocher graph segmentation of an
-  image whose channels are colour (0-1), surface normal (x `normal_weight`) and depth in metres
-  (x `depth_weight`); edges between pixels cost the Euclidean distance of these channels, so segments
-  stop at colour edges, creases and depth jumps. `scale`, `sigma`, `min_size` are the method's own knobs.
+  image whose channels are colour (0-1), surface normal n (x `normal_weight`) and the offset n.p of the
+  pixel's tangent plane in metres (x `plane_offset_weight`); edges between pixels cost the Euclidean
+  distance of these channels, so segments stop at colour edges, creases and depth jumps between parallel
+  surfaces. Raw depth is not a channel: it changes steadily along slanted floors and walls, and the
+  method then cuts them into bands; n and n.p are constant on a plane. `scale`, `sigma`, `min_size` are
+  the method's own knobs.
 - `masks`: precomputed 2D instance masks per frame (e.g. SAM's), `<frame dir>/<masks_dir>/<N>.npy`
   (int, -1 = uncovered) or `<N>.png` (0 = uncovered); uncovered pixels fall back to Felzenszwalb
   segments, as ESAM falls back to KMeans.
@@ -15,13 +18,14 @@ clustered separately. We keep that structure and make the 2D segmenter pluggable
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 
 from bifusion.components.config_schema import SuperpointConfig
 from bifusion.components.scannet_raw import RawDataError, SceneLayout
 from bifusion.components.storage import Storage, join_uri
-from bifusion.model.geometry import depth_normals
+from bifusion.model.geometry import backproject_image, depth_normals
 
 
 def felzenszwalb_segments(color: np.ndarray, depth_m: np.ndarray, intrinsics: np.ndarray, config: SuperpointConfig) -> np.ndarray:
@@ -29,11 +33,16 @@ def felzenszwalb_segments(color: np.ndarray, depth_m: np.ndarray, intrinsics: np
     from skimage.segmentation import felzenszwalb
 
     normals = depth_normals(depth_m, intrinsics)
+    plane_offset = (normals * backproject_image(depth_m, intrinsics)).sum(axis=-1, keepdims=True)
     image = np.concatenate(
-        [color.astype(np.float64) / 255.0, normals * config.normal_weight, depth_m[..., None] * config.depth_weight],
+        [color.astype(np.float64) / 255.0, normals * config.normal_weight, plane_offset * config.plane_offset_weight],
         axis=-1,
     )
-    return felzenszwalb(image, scale=config.scale, sigma=config.sigma, min_size=config.min_size, channel_axis=-1).astype(np.int64)
+    with warnings.catch_warnings():
+        # skimage warns that a 7-channel image may not be intended; here it is.
+        warnings.filterwarnings("ignore", message="Got image with third dimension", category=RuntimeWarning)
+        segments = felzenszwalb(image, scale=config.scale, sigma=config.sigma, min_size=config.min_size, channel_axis=-1)
+    return segments.astype(np.int64)
 
 
 def load_mask_image(storage: Storage, layout: SceneLayout, masks_dir: str, frame: int, shape: tuple[int, int]) -> np.ndarray:
