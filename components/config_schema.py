@@ -67,7 +67,8 @@ class SuperpointConfig:
     method: Literal["felzenszwalb", "masks"]
     scale: float  # Felzenszwalb scale: larger -> larger segments
     sigma: float  # Gaussian pre-smoothing of the RGB-D image
-    min_size: int  # minimum segment size in pixels
+    min_size: int  # minimum segment size in pixels (of the subsampled image)
+    downsample: int  # segment every n-th pixel in both directions (1 = full resolution)
     normal_weight: float  # weight of surface normals against colour (0-1 range) in edge weights
     plane_offset_weight: float  # weight per metre of difference in tangent-plane offset n.p
     masks_dir: str  # for method=masks: folder under the scene's frame folder with <N>.png / <N>.npy masks

@@ -9,7 +9,7 @@ clustered separately. We keep that structure and make the 2D segmenter pluggable
   distance of these channels, so segments stop at colour edges, creases and depth jumps between parallel
   surfaces. Raw depth is not a channel: it changes steadily along slanted floors and walls, and the
   method then cuts them into bands; n and n.p are constant on a plane. `scale`, `sigma`, `min_size` are
-  the method's own knobs.
+  the method's own knobs, in pixels of the image subsampled by `downsample`.
 - `masks`: precomputed 2D instance masks per frame (e.g. SAM's), `<frame dir>/<masks_dir>/<N>.npy`
   (int, -1 = uncovered) or `<N>.png` (0 = uncovered); uncovered pixels fall back to Felzenszwalb
   segments, as ESAM falls back to KMeans.
@@ -29,20 +29,30 @@ from bifusion.model.geometry import backproject_image, depth_normals
 
 
 def felzenszwalb_segments(color: np.ndarray, depth_m: np.ndarray, intrinsics: np.ndarray, config: SuperpointConfig) -> np.ndarray:
-    """Segment ids `(H, W)` int64 for colour (H, W, 3) uint8 and depth_m (H, W) of one frame."""
+    """Segment ids `(H, W)` int64 for colour (H, W, 3) uint8 and depth_m (H, W) of one frame.
+
+    Segmentation runs on every `downsample`-th pixel (the method costs ~0.8 s on a 640x480 frame, ~0.2 s
+    on 320x240) and the ids are spread back to full resolution by nearest neighbour.
+    """
     from skimage.segmentation import felzenszwalb
 
-    normals = depth_normals(depth_m, intrinsics)
-    plane_offset = (normals * backproject_image(depth_m, intrinsics)).sum(axis=-1, keepdims=True)
+    step = config.downsample
+    small_color, small_depth = color[::step, ::step], depth_m[::step, ::step]
+    small_intrinsics = np.array(intrinsics[:3, :3], dtype=np.float64)
+    small_intrinsics[:2] /= step  # pixel (i, j) of the subsampled grid is pixel (step*i, step*j) of the frame
+    normals = depth_normals(small_depth, small_intrinsics)
+    plane_offset = (normals * backproject_image(small_depth, small_intrinsics)).sum(axis=-1, keepdims=True)
     image = np.concatenate(
-        [color.astype(np.float64) / 255.0, normals * config.normal_weight, plane_offset * config.plane_offset_weight],
+        [small_color.astype(np.float64) / 255.0, normals * config.normal_weight, plane_offset * config.plane_offset_weight],
         axis=-1,
     )
     with warnings.catch_warnings():
         # skimage warns that a 7-channel image may not be intended; here it is.
         warnings.filterwarnings("ignore", message="Got image with third dimension", category=RuntimeWarning)
         segments = felzenszwalb(image, scale=config.scale, sigma=config.sigma, min_size=config.min_size, channel_axis=-1)
-    return segments.astype(np.int64)
+    rows = np.minimum(np.arange(depth_m.shape[0]) // step, segments.shape[0] - 1)
+    cols = np.minimum(np.arange(depth_m.shape[1]) // step, segments.shape[1] - 1)
+    return segments[rows][:, cols].astype(np.int64)
 
 
 def load_mask_image(storage: Storage, layout: SceneLayout, masks_dir: str, frame: int, shape: tuple[int, int]) -> np.ndarray:

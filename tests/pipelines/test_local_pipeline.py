@@ -13,7 +13,7 @@ from bifusion.pipelines.local_run import run_local
 TINY = [
     "synth.num_scenes=2", "synth.num_val_scenes=1", "synth.frames_per_scene=6", "synth.width=160", "synth.height=120",
     "synth.objects_per_room=[4, 5]", "prep.sv_frame_step=100", "prep.points_per_frame=1500",
-    "prep.min_valid_points=300", "prep.superpoints.min_size=60",
+    "prep.min_valid_points=300", "prep.superpoints.min_size=60", "prep.superpoints.downsample=1",
 ]
 
 

@@ -22,6 +22,7 @@ TINY = [
     "prep.points_per_frame=2000",
     "prep.min_valid_points=500",
     "prep.superpoints.min_size=60",
+    "prep.superpoints.downsample=1",
     "prep.workers=1",
 ]
 
