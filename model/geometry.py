@@ -156,8 +156,8 @@ def resize_intrinsics(intrinsics: Tensor, from_size: tuple[int, int], to_size: t
     """Intrinsics (3, 3) of an image resized from `from_size` to `to_size` (W, H), pixel centres at integers.
 
     fx, fy scale by W'/W, H'/H; the principal point maps like any pixel: c' = (c + 0.5) * s - 0.5, so
-    projecting with the result equals `resize_pixel_coordinates` of the original projection. (The numpy
-    `scale_intrinsics` uses c' = c * s, which is 0.5 * (1 - s) pixels off under this convention.)
+    projecting with the result equals `resize_pixel_coordinates` of the original projection (the same
+    rule as the numpy `scale_intrinsics`).
     """
     sx = to_size[0] / from_size[0]
     sy = to_size[1] / from_size[1]

@@ -372,3 +372,16 @@ def test_gate_statistics_over_valid_points() -> None:
     assert all(isinstance(value, float) for value in stats.values())
     empty = gate_statistics([second])
     assert empty["valid_ratio"] == 0.0 and math.isnan(empty["alpha_mean"]) and math.isnan(empty["cosine_2d_3d"])
+
+
+def test_numpy_and_torch_intrinsics_resizing_agree() -> None:
+    import numpy as np
+
+    from bifusion.model.geometry import SCANNET_AVERAGE_INTRINSICS_640x480, resize_intrinsics, scale_intrinsics
+
+    for size in ((320, 240), (40, 30), (1296, 968)):
+        numpy_k = scale_intrinsics(SCANNET_AVERAGE_INTRINSICS_640x480, (640, 480), size)
+        torch_k = resize_intrinsics(torch.from_numpy(SCANNET_AVERAGE_INTRINSICS_640x480), (640, 480), size)
+        np.testing.assert_allclose(numpy_k, torch_k.numpy(), atol=1e-12)
+    half = scale_intrinsics(SCANNET_AVERAGE_INTRINSICS_640x480, (640, 480), (320, 240))
+    assert (half[0, 2], half[1, 2]) == (159.5, 119.5)  # centre pixel stays the centre pixel
