@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_ARGS ?=
+# Sleeping instead of spinning OpenMP waits: see pipelines/cli.py (torch runs ~100x slower otherwise when
+# another process holds a core).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test install clean-demo
 

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,21 @@ def _run_prep(args: argparse.Namespace) -> None:
     emit_result(run_prep(config_from_args(args), args.input, args.output), args.result_json)
 
 
+def _run_train(args: argparse.Namespace) -> None:
+    from bifusion.components.train.stage import run_train
+
+    config = load_config([f"experiments/{args.stage}", *args.config], args.overrides)
+    result = run_train(config, args.stage, args.data, args.init, args.output)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process returns; one reports
+        emit_result(result, args.result_json)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from bifusion.components.evaluate.stage import run_evaluate
+
+    emit_result(run_evaluate(config_from_args(args), args.checkpoint, args.data, args.output), args.result_json)
+
+
 def add_stage_commands(subparsers: Any) -> None:
     """Register one subcommand per stage on an argparse subparsers object."""
     synth = subparsers.add_parser("synth", help="generate procedural rooms in the raw ScanNet layout")
@@ -65,6 +81,23 @@ def add_stage_commands(subparsers: Any) -> None:
     prep.add_argument("--output", default=None, metavar="URI", help="output root (default: <storage.root>/prep/<hash>)")
     add_config_arguments(prep)
     prep.set_defaults(handler=_run_prep)
+
+    from bifusion.components.train.stages import TRAIN_STAGES
+
+    train = subparsers.add_parser("train", help="train one model stage (launch with torchrun for several GPUs)")
+    train.add_argument("--stage", required=True, choices=TRAIN_STAGES, help="which model: its config is configs/experiments/<stage>.yaml")
+    train.add_argument("--data", required=True, metavar="URI", help="prepared set (the sv/ or mv/ folder of prep)")
+    train.add_argument("--init", default=None, metavar="URI", help="checkpoint to start from (partial load, key report logged)")
+    train.add_argument("--output", default=None, metavar="URI", help="checkpoint folder (default: <storage.root>/train/<stage>/<hash>)")
+    add_config_arguments(train)
+    train.set_defaults(handler=_run_train)
+
+    evaluate = subparsers.add_parser("evaluate", help="score a checkpoint with the ScanNet benchmark protocol")
+    evaluate.add_argument("--checkpoint", required=True, metavar="URI")
+    evaluate.add_argument("--data", required=True, metavar="URI", help="prepared set holding evaluate.split")
+    evaluate.add_argument("--output", default=None, metavar="URI")
+    add_config_arguments(evaluate)
+    evaluate.set_defaults(handler=_run_evaluate)
 
 
 def configure_logging(verbose: bool) -> None:

@@ -96,6 +96,101 @@ class PrepConfig:
 
 
 @dataclass(frozen=True)
+class BackboneConfig:
+    """Res16UNet34C (ESAM's values in base.yaml; demo/test profiles shrink the widths)."""
+
+    backend: Literal["torch", "spconv", "minkowski"]
+    voxel_size_m: float
+    in_channels: int
+    planes: tuple[int, int, int, int, int, int, int, int]  # encoder 1-4, decoder 5-8
+    layers: tuple[int, int, int, int, int, int, int, int]  # BasicBlocks per stage
+    stem_channels: int
+    conv1_kernel_size: int
+    bn_momentum: float
+    block_bn_momentum: float
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """ESAM's mixed query decoder over superpoint queries."""
+
+    d_model: int
+    num_heads: int
+    ffn_channels: int
+    num_layers: int
+    dropout: float
+    min_query_fraction: float  # training draws the query share uniformly in [this, 1]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    class_agnostic: bool  # one "object" class (ESAM's ScanNet200 setting) or the 198 ScanNet200 thing classes
+    backbone: BackboneConfig
+    decoder: DecoderConfig
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """ESAM's training augmentations; elastic passes are (granularity, magnitude) in voxels."""
+
+    flip_prob: float
+    rotation_range_rad: float
+    scale_range: tuple[float, float]
+    translation_std_m: float
+    elastic_prob: float
+    elastic_passes: list[tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    class_weight: float
+    bce_weight: float
+    dice_weight: float
+    semantic_weight: float
+    no_object_weight: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage (`bifusion train --stage ...`)."""
+
+    train_split: str
+    val_split: str
+    epochs: int
+    max_iterations: int | None  # stop early (demos, tests); null = epochs x iterations per epoch
+    batch_size: int  # frames per step over all processes
+    num_workers: int  # DataLoader workers per process
+    lr: float
+    weight_decay: float
+    poly_power: float
+    grad_clip_norm: float
+    amp: Literal["off", "bf16", "fp16"]  # mixed precision on GPU; ignored on CPU
+    device: Literal["auto", "cpu", "cuda"]
+    seed: int
+    log_every_iterations: int
+    checkpoint_every_iterations: int
+    validate_every_epochs: int  # 0 = only after the last epoch (ESAM)
+    best_metric: str  # evaluation summary key that selects best.pt, e.g. "scannet200/ap50"
+    init_checkpoint: str | None  # backbone weights (.pth/.pt URI or path), e.g. Mask3D's ScanNet200 checkpoint
+    init_prefix_map: list[tuple[str, str]]  # checkpoint key prefix -> our prefix, tried in order
+    augment: AugmentConfig
+    loss: LossConfig
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Inference post-processing and the benchmarks to score (`bifusion evaluate`)."""
+
+    split: str
+    benchmarks: list[Literal["scannet200", "scannet20", "scannet200_class_agnostic"]]
+    topk: int
+    score_threshold: float
+    mask_threshold: float
+    min_points: int
+    export_official: bool  # write the ScanNet benchmark's submission/GT files next to the metrics
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole bifusion config: shared sections plus one section per stage."""
 
@@ -104,6 +199,9 @@ class Config:
     tracking: TrackingConfig
     synth: SynthConfig
     prep: PrepConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
 
 
 def config_to_json(config: Config) -> str:

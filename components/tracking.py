@@ -183,38 +183,64 @@ class StageRun:
             self.client.set_tag(self.run_id, key, str(value))
 
 
+def _resumable_run(client: Any, run_id: str | None) -> Any:
+    """The run to continue after a restart: it must exist and not have finished."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return run if run.info.status != "FINISHED" else None
+
+
 @contextlib.contextmanager
-def stage_run(stage: str, config: Config, sections: Mapping[str, Any], tags: Mapping[str, str] = ()) -> Iterator[StageRun]:
+def stage_run(
+    stage: str,
+    config: Config,
+    sections: Mapping[str, Any],
+    tags: Mapping[str, str] = (),
+    resume_run_id: str | None = None,
+) -> Iterator[StageRun]:
     """Record one stage as an MLflow run (child of the pipeline's run when there is one).
 
     `sections` is the part of the resolved config the stage uses; it is logged flattened as params and
-    whole as `config.yaml`. The run ends FINISHED, or FAILED/KILLED when the stage raises.
+    whole as `config.yaml`. A stage restarting after a crash passes the run id it saved in its
+    checkpoint as `resume_run_id` and keeps logging into that run (metrics continue at their steps).
+    The run ends FINISHED, or FAILED/KILLED when the stage raises.
     """
     from mlflow.entities import Param
 
     uri = resolve_tracking_uri(config.tracking, config.workdir)
     check_tracking_backend(uri, config.tracking.check_timeout_s)
     client = _client(uri)
-    experiment_id = ensure_experiment(client, resolve_experiment(config.tracking), uri)
-    run_tags = {"bifusion.stage": stage, "bifusion.kind": "stage", **dict(tags)}
-    parent = os.environ.get(PARENT_RUN_ENV)
-    if parent:
-        run_tags["mlflow.parentRunId"] = parent
-    run = client.create_run(experiment_id, run_name=stage, tags=run_tags)
-    handle = StageRun(client, run.info.run_id, stage)
-    tree = to_tree(dict(sections))
-    params = _loggable_params(flatten(tree))
-    items = sorted(params.items())
-    for start in range(0, len(items), _PARAM_BATCH):
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[start : start + _PARAM_BATCH]])
-    client.log_text(run.info.run_id, to_yaml(tree), "config.yaml")
-    log.info("stage %s: MLflow run %s at %s", stage, run.info.run_id, uri)
+    resumed = _resumable_run(client, resume_run_id)
+    if resumed is not None:
+        run_id = resumed.info.run_id
+        client.update_run(run_id, status="RUNNING")
+        log.info("stage %s: resuming MLflow run %s at %s", stage, run_id, uri)
+    else:
+        experiment_id = ensure_experiment(client, resolve_experiment(config.tracking), uri)
+        run_tags = {"bifusion.stage": stage, "bifusion.kind": "stage", **dict(tags)}
+        parent = os.environ.get(PARENT_RUN_ENV)
+        if parent:
+            run_tags["mlflow.parentRunId"] = parent
+        run_id = client.create_run(experiment_id, run_name=stage, tags=run_tags).info.run_id
+        tree = to_tree(dict(sections))
+        items = sorted(_loggable_params(flatten(tree)).items())
+        for start in range(0, len(items), _PARAM_BATCH):
+            client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + _PARAM_BATCH]])
+        client.log_text(run_id, to_yaml(tree), "config.yaml")
+        log.info("stage %s: MLflow run %s at %s", stage, run_id, uri)
+    handle = StageRun(client, run_id, stage)
     try:
         yield handle
     except KeyboardInterrupt:
-        client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(run_id, "KILLED")
         raise
     except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+        client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED")

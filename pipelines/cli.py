@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+import os
 
-from bifusion.components.cli import add_config_arguments, add_stage_commands, config_from_args, configure_logging
+# GNU OpenMP threads busy-wait for each other by default; when another process holds a core (DDP ranks,
+# data workers, a shared CI machine) every parallel op then waits for a descheduled peer and runs ~100x
+# slower. Sleeping waits cost almost nothing. Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from bifusion.components.cli import add_config_arguments, add_stage_commands, configure_logging  # noqa: E402
+from bifusion.pipelines.run_configs import resolve_pipeline_configs  # noqa: E402
 
 
 def _pipeline_run(args: argparse.Namespace) -> None:
@@ -14,13 +23,16 @@ def _pipeline_run(args: argparse.Namespace) -> None:
 
     if not args.local:
         raise SystemExit("only --local runs exist so far: add --local (cluster submission is `bifusion pipeline submit`)")
-    result = run_local(config_from_args(args), raw_uri=args.raw_uri, enable_caching=not args.no_cache)
+    configs = resolve_pipeline_configs(args.config or ["base"], args.overrides)
+    result = run_local(configs, raw_uri=args.raw_uri, enable_caching=not args.no_cache)
     lines = [
         "",
         f"Pipeline run {result.pipeline_run_id} finished.",
         f"  single-view (SV) set : {result.outputs['sv_uri']}",
         f"  multi-view (MV) set  : {result.outputs['mv_uri']}",
         f"  scene set            : {result.outputs['scene_uri']}",
+        f"  3D SV checkpoint     : {result.outputs['checkpoint_3d_sv']}",
+        f"  3D SV metrics        : {_metrics_line(result.outputs['metrics_3d_sv'])}",
         f"  store                : {result.store_uri}",
         f"  MLflow               : {result.tracking_uri} (parent run {result.mlflow_parent_run_id})",
         f"  browse runs with     : mlflow ui --backend-store-uri {result.tracking_uri}",
@@ -30,10 +42,16 @@ def _pipeline_run(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def _metrics_line(metrics_json: str) -> str:
+    metrics = json.loads(metrics_json)
+    keys = [k for k in ("scannet200/ap", "scannet200/ap50", "scannet200/ap25", "scannet200_class_agnostic/ap50", "semantic/miou") if k in metrics]
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys)
+
+
 def _pipeline_compile(args: argparse.Namespace) -> None:
     from bifusion.pipelines.compile import compile_pipeline
 
-    path = compile_pipeline(config_from_args(args), args.output)
+    path = compile_pipeline(resolve_pipeline_configs(args.config or ["base"], args.overrides, absolute_workdir=False), args.output)
     print(f"compiled pipeline written to {path}")
 
 

@@ -1,13 +1,13 @@
-"""Compile the pipeline to KFP's IR YAML, with a resolved config as the default of `config_json`."""
+"""Compile the pipeline to KFP's IR YAML, with resolved configs as the defaults of its config parameters."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bifusion.components.config_schema import Config, config_to_json
+from bifusion.pipelines.run_configs import PipelineConfigs
 
 
-def compile_pipeline(config: Config, output: Path) -> Path:
+def compile_pipeline(configs: PipelineConfigs, output: Path) -> Path:
     """Write the compiled pipeline to `output` (parent folders created) and return the path."""
     from kfp import compiler
 
@@ -15,6 +15,6 @@ def compile_pipeline(config: Config, output: Path) -> Path:
 
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        bifusion_pipeline, str(output), pipeline_parameters={"config_json": config_to_json(config)}
+        bifusion_pipeline, str(output), pipeline_parameters=configs.arguments()
     )
     return output

@@ -8,7 +8,6 @@ final status, noting which stages were served from the cache.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 import uuid
@@ -16,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from bifusion.components.config_schema import Config, config_to_json
+from bifusion.components.train.stages import TRAIN_STAGES
+from bifusion.pipelines.run_configs import PipelineConfigs
 from bifusion.components.tracking import (
     PARENT_RUN_ENV,
     check_tracking_backend,
@@ -51,16 +51,24 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def run_local(config: Config, raw_uri: str = "", enable_caching: bool = True) -> LocalRunResult:
+def expected_stages(given_raw_data: bool) -> list[str]:
+    """MLflow stage names one pipeline run records when nothing comes from the cache."""
+    data = ["prep"] if given_raw_data else ["synth", "prep"]
+    return [*data, *(f"train_{stage}" for stage in TRAIN_STAGES), *(f"evaluate_{stage}" for stage in TRAIN_STAGES)]
+
+
+def run_local(configs: PipelineConfigs, raw_uri: str = "", enable_caching: bool = True) -> LocalRunResult:
     """Run the whole pipeline locally; `raw_uri` empty generates demo rooms, else prepares that raw root."""
     from kfp import local
 
     from bifusion.components.storage import Storage
     from bifusion.pipelines.pipeline import bifusion_pipeline
 
-    workdir = Path(config.workdir).resolve()
+    config = configs.base
+    workdir = Path(config.workdir)
+    if not workdir.is_absolute():
+        raise ValueError(f"workdir must be absolute for local runs (tasks run in other processes), got {workdir}")
     workdir.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.replace(config, workdir=str(workdir))
     tracking_uri = resolve_tracking_uri(config.tracking, workdir)
     check_tracking_backend(tracking_uri, config.tracking.check_timeout_s)
     pipeline_run_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -73,14 +81,13 @@ def run_local(config: Config, raw_uri: str = "", enable_caching: bool = True) ->
     )
     try:
         with _environment(**{PARENT_RUN_ENV: parent, "MLFLOW_TRACKING_URI": tracking_uri}):
-            task = bifusion_pipeline(config_json=config_to_json(config), raw_uri=raw_uri)
+            task = bifusion_pipeline(**configs.arguments(), raw_uri=raw_uri)
     except BaseException:
         finish_pipeline_run(config, parent, "FAILED")
         raise
     outputs = {name: str(value) for name, value in task.outputs.items()}
-    expected = ["prep"] if raw_uri else ["synth", "prep"]
     ran = stage_names_under(config, parent)
-    cached = [stage for stage in expected if stage not in ran]
+    cached = [stage for stage in expected_stages(bool(raw_uri)) if stage not in ran]
     tags = {f"bifusion.output.{name}": value for name, value in outputs.items()}
     tags["bifusion.cached_stages"] = ",".join(cached) or "none"
     finish_pipeline_run(config, parent, "FINISHED", tags)

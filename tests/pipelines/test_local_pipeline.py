@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -10,23 +11,44 @@ from mlflow.tracking import MlflowClient
 from bifusion.components.storage import Storage
 from bifusion.pipelines.local_run import run_local
 
+# One generated room whose frames are both the train and the val split: the 3D model must overfit it.
 TINY = [
-    "synth.num_scenes=2", "synth.num_val_scenes=1", "synth.frames_per_scene=6", "synth.width=160", "synth.height=120",
-    "synth.objects_per_room=[4, 5]", "prep.sv_frame_step=100", "prep.points_per_frame=1500",
-    "prep.min_valid_points=300", "prep.superpoints.min_size=60", "prep.superpoints.downsample=1",
+    "synth.num_scenes=1", "synth.num_val_scenes=0", "synth.frames_per_scene=9", "synth.width=160", "synth.height=120",
+    "synth.objects_per_room=[5, 6]", "prep.sv_frame_step=40", "prep.points_per_frame=2000", "prep.min_valid_points=500",
+    "prep.superpoints.min_size=40", "prep.superpoints.downsample=1",
+    "prep.split_files={train: scannetv2_train.txt, val: scannetv2_train.txt}",
+    "model.backbone.planes=[16, 16, 32, 32, 32, 32, 32, 32]", "model.backbone.layers=[1, 1, 1, 1, 1, 1, 1, 1]",
+    "model.backbone.stem_channels=16", "model.decoder.d_model=64", "model.decoder.num_heads=4", "model.decoder.ffn_channels=128",
+    "train.batch_size=2", "train.lr=0.001", "train.max_iterations=400", "train.checkpoint_every_iterations=200",
+    "train.augment.elastic_prob=0.0", "evaluate.min_points=20",
 ]
+
+
+def pipeline_configs(make_config, *overrides: str):
+    from bifusion.pipelines.run_configs import resolve_pipeline_configs
+
+    base = make_config()  # a fresh workdir, tracking store and experiment for this test
+    pinned = [f"workdir={base.workdir}", f"tracking.uri={base.tracking.uri}", f"tracking.experiment={base.tracking.experiment}"]
+    return resolve_pipeline_configs(["demo"], [*pinned, *TINY, *overrides])
 
 
 @pytest.mark.slow
 def test_local_pipeline_end_to_end_with_s3_store_and_cache(make_config, mlflow_uri: str, s3_endpoint: str, s3_bucket: str) -> None:
-    config = make_config(f"storage.root=s3://{s3_bucket}/store", f"storage.endpoint_url={s3_endpoint}", *TINY, refs=("demo",))
-    first = run_local(config)
+    """synth -> prep -> train 3d_sv -> evaluate on one room, store in S3: the model overfits its frames
+    (AP50 >= 0.5; an untrained model scores near 0), every stage is an MLflow child run, and a second run
+    is served from the KFP cache."""
+    configs = pipeline_configs(make_config, f"storage.root=s3://{s3_bucket}/store", f"storage.endpoint_url={s3_endpoint}")
+    config = configs.base
+    first = run_local(configs)
     assert first.cached_stages == []
     storage = Storage(config.storage, config.workdir)
     for key in ("sv_uri", "mv_uri", "scene_uri"):
         assert first.outputs[key].startswith(f"s3://{s3_bucket}/store/prep/")
     infos = pickle.loads(storage.read_bytes(first.outputs["sv_uri"] + "/scannet200_sv_oneformer3d_infos_train.pkl"))
-    assert len(infos["data_list"]) == 2  # frames 0 and 100 of the train scene
+    assert len(infos["data_list"]) == 5  # frames 0, 40, ..., 160
+    metrics = json.loads(first.outputs["metrics_3d_sv"])
+    assert metrics["scannet200/ap50"] >= 0.5, metrics
+    assert first.outputs["checkpoint_3d_sv"].startswith(f"s3://{s3_bucket}/store/train/3d_sv/")
 
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(first.mlflow_parent_run_id)
@@ -35,34 +57,38 @@ def test_local_pipeline_end_to_end_with_s3_store_and_cache(make_config, mlflow_u
     assert parent.data.tags["bifusion.output.sv_uri"] == first.outputs["sv_uri"]
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_stage = {run.data.tags["bifusion.stage"]: run for run in children}
-    assert set(by_stage) == {"synth", "prep"}
-    assert by_stage["prep"].data.params["prep.points_per_frame"] == "1500"
-    assert by_stage["prep"].data.metrics["frames_prepared"] == 2 * 4  # per scene: MV 0, 40, 80 and SV 0, 100
+    assert set(by_stage) == {"synth", "prep", "train_3d_sv", "evaluate_3d_sv"}
+    assert by_stage["prep"].data.params["prep.points_per_frame"] == "2000"
+    assert by_stage["prep"].data.metrics["frames_prepared"] == 5  # MV 0, 40, ..., 160 (SV frames are among them)
+    assert by_stage["train_3d_sv"].data.params["train.max_iterations"] == "400"
+    assert by_stage["evaluate_3d_sv"].data.metrics["scannet200/ap50"] == metrics["scannet200/ap50"]
     assert all(run.info.status == "FINISHED" for run in children)
 
-    second = run_local(config)
-    assert second.cached_stages == ["synth", "prep"]
+    second = run_local(configs)
+    assert second.cached_stages == ["synth", "prep", "train_3d_sv", "evaluate_3d_sv"]
     assert second.outputs == first.outputs
-    assert client.get_run(second.mlflow_parent_run_id).data.tags["bifusion.cached_stages"] == "synth,prep"
+    assert client.get_run(second.mlflow_parent_run_id).data.tags["bifusion.cached_stages"] == "synth,prep,train_3d_sv,evaluate_3d_sv"
 
 
 def test_pipeline_on_given_raw_data_skips_synth(make_config, mlflow_uri: str, tmp_path) -> None:
     from bifusion.components.synth.stage import run_synth
 
-    config = make_config(*TINY, "synth.num_scenes=1", "synth.num_val_scenes=0", "prep.split_files={train: scannetv2_train.txt}")
-    raw = run_synth(config, str(tmp_path / "raw"))
-    result = run_local(config, raw_uri=raw.raw_uri, enable_caching=False)
+    configs = pipeline_configs(make_config, "train.max_iterations=2")
+    raw = run_synth(configs.base, str(tmp_path / "raw"))
+    result = run_local(configs, raw_uri=raw.raw_uri, enable_caching=False)
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(result.mlflow_parent_run_id)
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert [run.data.tags["bifusion.stage"] for run in children] == ["prep"]
-    assert children[0].data.tags["bifusion.input.raw_uri"] == raw.raw_uri
+    by_stage = {run.data.tags["bifusion.stage"]: run for run in children}
+    assert set(by_stage) == {"prep", "train_3d_sv", "evaluate_3d_sv"}
+    assert by_stage["prep"].data.tags["bifusion.input.raw_uri"] == raw.raw_uri
 
 
 def test_failing_stage_fails_the_pipeline_run(make_config, mlflow_uri: str, tmp_path) -> None:
-    config = make_config(*TINY)
+    configs = pipeline_configs(make_config)
+    config = configs.base
     with pytest.raises(RuntimeError, match="FAILURE"):
-        run_local(config, raw_uri=str(tmp_path / "no-such-raw-root"), enable_caching=False)
+        run_local(configs, raw_uri=str(tmp_path / "no-such-raw-root"), enable_caching=False)
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     (parent,) = client.search_runs([experiment.experiment_id], "tags.`bifusion.kind` = 'pipeline'")

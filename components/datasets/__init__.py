@@ -1,0 +1,1 @@
+"""Training/evaluation data: prepared SV/MV sets (ours or ESAM's releases) -> augmented frames -> batches."""

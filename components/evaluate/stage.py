@@ -1,0 +1,101 @@
+"""`bifusion evaluate`: score a checkpoint on a prepared split with the ScanNet benchmark protocol.
+
+The network is rebuilt from the model section stored in the checkpoint (the architecture it was trained
+with), so an evaluate config cannot silently disagree with the weights. Results: flat metrics and
+per-class tables in MLflow and in the store, and the official benchmark files (predictions and ground
+truth per frame) so the numbers can be checked with ScanNet's own scripts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from bifusion.components.config import build_dataclass, fingerprint, to_yaml
+from bifusion.components.config_schema import Config, ModelConfig
+from bifusion.components.datasets.batching import FrameCollator
+from bifusion.components.datasets.point_frames import SingleViewDataset
+from bifusion.components.datasets.set_files import materialise_set
+from bifusion.components.evaluate.benchmark_classes import instance_benchmark
+from bifusion.components.evaluate.frame_evaluation import EvaluationReport, evaluate_single_view
+from bifusion.components.storage import Storage, join_uri
+from bifusion.components.tracking import stage_run
+from bifusion.components.train.checkpoints import load_checkpoint
+from bifusion.components.train.model_factory import build_single_view_model
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    output_uri: str
+    metrics: dict[str, float]
+    frames: int
+
+
+def instance_table(report: EvaluationReport, benchmark: str) -> str:
+    """CSV of per-class AP/AP50/AP25 (and head/common/tail split) of one benchmark."""
+    result = report.instance[benchmark]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["class_id", "class_name", "split", "ap", "ap50", "ap25"])
+    splits = instance_benchmark(benchmark).class_splits
+    for index, (class_id, name) in enumerate(zip(result.class_ids, result.class_names)):
+        split = splits[index] if splits else ""
+        writer.writerow([class_id, name, split, *(f"{value[index]:.6f}" for value in (result.ap, result.ap50, result.ap25))])
+    return buffer.getvalue()
+
+
+def semantic_table(report: EvaluationReport) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["class_id", "class_name", "iou", "gt_present"])
+    result = report.semantic
+    for class_id, name, iou, present in zip(result.class_ids, result.class_names, result.iou, result.gt_present):
+        writer.writerow([class_id, name, f"{iou:.6f}", bool(present)])
+    return buffer.getvalue()
+
+
+def run_evaluate(config: Config, checkpoint_uri: str, data_uri: str, output_uri: str | None = None) -> EvaluateResult:
+    """Evaluate the checkpoint on `evaluate.split` of the SV set at `data_uri`."""
+    storage = Storage(config.storage, config.workdir)
+    checkpoint_uri, data_uri = storage.resolve(checkpoint_uri), storage.resolve(data_uri)
+    output_uri = storage.resolve(output_uri or join_uri(storage.root, "evaluate", fingerprint(checkpoint_uri, data_uri, config.evaluate)))
+    checkpoint = load_checkpoint(storage, checkpoint_uri)
+    model_config = build_dataclass(ModelConfig, checkpoint["config"]["model"], "checkpoint config.model")
+    trained_stage = checkpoint.get("stage", "model")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_single_view_model(model_config)
+    model.load_state_dict(checkpoint["model"])
+    model.to(device)
+
+    set_dir = materialise_set(storage, data_uri, Path(config.workdir) / "cache" / "sets")
+    dataset = SingleViewDataset(set_dir, config.evaluate.split, None, model_config.backbone.voxel_size_m, seed=0)
+    loader = DataLoader(dataset, batch_size=1, collate_fn=FrameCollator(model_config.class_agnostic), num_workers=0)
+    sections: dict[str, Any] = {"workdir": config.workdir, "storage": config.storage, "evaluate": config.evaluate}
+    tags = {"bifusion.input.checkpoint_uri": checkpoint_uri, "bifusion.input.data_uri": data_uri, "bifusion.output_uri": output_uri}
+    with stage_run(f"evaluate_{trained_stage}", config, sections, tags) as run, tempfile.TemporaryDirectory() as tmp:
+        export_dir = Path(tmp) / "benchmark_files" if config.evaluate.export_official else None
+        report = evaluate_single_view(model, loader, config.evaluate, model_config.class_agnostic, device, export_dir)
+        metrics = {k: v for k, v in report.summary.items() if math.isfinite(v)}
+        run.log_metrics({**metrics, "seconds_per_frame": report.seconds_per_frame, "frames": report.frames})
+        for name in report.instance:
+            table = instance_table(report, name)
+            run.log_text(table, f"per_class_{name}.csv")
+            storage.write_text(join_uri(output_uri, f"per_class_{name}.csv"), table)
+        run.log_text(semantic_table(report), "per_class_semantic.csv")
+        storage.write_text(join_uri(output_uri, "per_class_semantic.csv"), semantic_table(report))
+        summary = {"metrics": report.summary, "frames": report.frames, "seconds_per_frame": report.seconds_per_frame,
+                   "skipped_benchmarks": report.skipped_benchmarks, "checkpoint_uri": checkpoint_uri}
+        storage.write_json(join_uri(output_uri, "summary.json"), summary)
+        storage.write_text(join_uri(output_uri, "config.yaml"), to_yaml(sections))
+        run.log_dict(summary, "summary.json")
+        if export_dir is not None and export_dir.exists():
+            storage.upload_dir(export_dir, join_uri(output_uri, "benchmark_files"))
+    return EvaluateResult(output_uri, report.summary, report.frames)
