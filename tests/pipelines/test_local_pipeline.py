@@ -19,7 +19,7 @@ TINY = [
     "prep.split_files={train: scannetv2_train.txt, val: scannetv2_train.txt}",
     "model.backbone.planes=[16, 16, 32, 32, 32, 32, 32, 32]", "model.backbone.layers=[1, 1, 1, 1, 1, 1, 1, 1]",
     "model.backbone.stem_channels=16", "model.decoder.d_model=64", "model.decoder.num_heads=4", "model.decoder.ffn_channels=128",
-    "train.batch_size=2", "train.lr=0.001", "train.max_iterations=400", "train.checkpoint_every_iterations=200",
+    "train.batch_size=2", "train.lr=0.002", "train.epochs=1000", "train.max_iterations=400", "train.checkpoint_every_iterations=200",
     "train.augment.elastic_prob=0.0", "evaluate.min_points=20",
 ]
 
