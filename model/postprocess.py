@@ -18,12 +18,14 @@ class InstancePredictions:
     """Instances of one frame, sorted by score (descending).
 
     masks (K, N) bool over the frame's points; scores (K,) float; labels (K,) long in [0, C) (all 0 when
-    class-agnostic).
+    class-agnostic); query_indices (K,) long: the decoder query each instance comes from (None when built
+    elsewhere, e.g. from exported files).
     """
 
     masks: Tensor
     scores: Tensor
     labels: Tensor
+    query_indices: Tensor | None = None
 
 
 @torch.no_grad()
@@ -87,9 +89,12 @@ def predict_instances(
     scores, order = matrix_nms(soft_masks, labels, scores * mask_quality)
     masks = soft_masks[order] > mask_threshold
     labels = labels[order]
+    query_indices = query_indices[order]
 
     keep = (scores > score_threshold) & (masks.sum(dim=1) > min_points)
-    return InstancePredictions(masks=masks[keep], scores=scores[keep], labels=labels[keep])
+    return InstancePredictions(
+        masks=masks[keep], scores=scores[keep], labels=labels[keep], query_indices=query_indices[keep]
+    )
 
 
 @torch.no_grad()
