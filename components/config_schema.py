@@ -123,10 +123,57 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
+class FusionConfig:
+    """BiFusion encoder (model/bifusion_encoder.py): widths, the CLIP map size and the occlusion test."""
+
+    channels: int  # fused width = the decoder's input width
+    clip_channels: int  # stored CLIP feature channels (ViT-B/16 after proj: 512)
+    feature_map_size: tuple[int, int]  # (H', W') the reduced CLIP map is upsampled to before sampling
+    head_hidden_channels: int
+    dropout: float
+    gate_hidden_channels: int
+    se_reduction: int
+    depth_tolerance_m: float  # |z - depth| <= m + relative * depth for points projected into other frames
+    depth_tolerance_relative: float
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """Multi-view online model and its losses (model/esam_online.py, model/online_criterion.py; *_mv stages)."""
+
+    memory: bool  # multilevel memory between encoder and decoder (ESAM MV: on)
+    memory_box_scale: float  # read-back box = the frame's box enlarged this many times (ESAM 2.5)
+    clip_frames: int  # consecutive frames per training clip (ESAM 8)
+    merge_hidden_channels: int
+    merge_channels: int
+    box_loss_weight: float
+    merge_loss_weight: float
+    merge_temperature: float
+    frame_topk: int  # instances kept per frame before online merging (ESAM MV 20)
+    frame_score_threshold: float  # ESAM 0.25, ESAM-E 0.3
+
+
+@dataclass(frozen=True)
+class TinySAConfig:
+    """TinySA neck on the backbone's per-point features (model/tinysa.py; 3dtsa_* stages)."""
+
+    enabled: bool
+    num_heads: int
+    num_layers: int
+    radius_m: float
+    max_neighbours: int
+    ffn_channels: int
+    center_cell_size_m: float | None  # null: every point is a centre
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     class_agnostic: bool  # one "object" class (ESAM's ScanNet200 setting) or the 198 ScanNet200 thing classes
     backbone: BackboneConfig
     decoder: DecoderConfig
+    fusion: FusionConfig  # used by the bifusion_* stages only
+    online: OnlineConfig  # used by the *_mv stages only
+    tinysa: TinySAConfig
 
 
 @dataclass(frozen=True)
@@ -148,6 +195,30 @@ class LossConfig:
     dice_weight: float
     semantic_weight: float
     no_object_weight: float
+
+
+@dataclass(frozen=True)
+class ClipConsistencyLossConfig:
+    """CLIP-consistency loss of the bifusion stages (model/clip_consistency.py; presets simple 0.02 / full 0.1)."""
+
+    weight: float  # full weight after the ramp
+    start_step: int  # weight 0 before (training starts as stable as the 3D baseline)
+    ramp_steps: int  # linear ramp from 0 to weight
+    temperature: float
+    temperature_floor: float
+    learnable_temperature: bool
+    clip_grad_ratio: float  # gradient share into the CLIP side (0 = fully detached)
+    max_points_per_frame: int
+
+
+@dataclass(frozen=True)
+class FusionTrainConfig:
+    """BiFusion-only training knobs."""
+
+    consistency: ClipConsistencyLossConfig
+    fixed_alpha: float | None  # gate weight of the 2D feature forced during the first fixed_alpha_steps
+    fixed_alpha_steps: int
+    gate_statistics_every: int  # iterations between gate statistics in MLflow
 
 
 @dataclass(frozen=True)
@@ -175,6 +246,7 @@ class TrainConfig:
     init_prefix_map: list[tuple[str, str]]  # checkpoint key prefix -> our prefix, tried in order
     augment: AugmentConfig
     loss: LossConfig
+    fusion: FusionTrainConfig
 
 
 @dataclass(frozen=True)
@@ -188,6 +260,32 @@ class EvaluateConfig:
     mask_threshold: float
     min_points: int
     export_official: bool  # write the ScanNet benchmark's submission/GT files next to the metrics
+    render_frames: int  # frames (SV) or scenes (MV) drawn as GT-vs-prediction pictures in MLflow
+    segment_smoothing: bool  # MV (whole-scene) evaluation: vote masks over ScanNet's offline mesh segments (ESAM does)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Which model routes one pipeline run trains and evaluates (fixed when the pipeline is built)."""
+
+    routes: list[Literal["3d", "tinysa", "bifusion"]]  # 3d: 3d_sv -> 3d_mv; tinysa: 3dtsa_sv -> 3dtsa_mv; bifusion: bifusion_sv -> bifusion_mv
+    bifusion_init: Literal["3d", "tinysa"]  # the 3D SV checkpoint bifusion_sv starts from
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """CLIP image features for BiFusion's 2D branch (`bifusion clip-precompute`, and its online fallback)."""
+
+    model_name: str  # open_clip model config, e.g. ViT-B-16 (OpenAI weights: ViT-B-16-quickgelu)
+    weights: str | None  # checkpoint path/URI (full open_clip state dict), "random" (seeded init: demos/tests only); null is an error
+    input_size: tuple[int, int]  # (H, W) the tower sees; 240x320 = the whole 4:3 frame as a 15x20 patch grid
+    batch_size: int  # images per forward pass
+    workers: int  # threads that read/decode images and write feature files
+    device: Literal["auto", "cpu", "cuda"]
+    feature_root: str  # folder under storage.root; features land in <feature_root>/<fingerprint>
+    write_infos: bool  # also write copies of the info files with the feature paths added
+    validate_samples: int  # stored features recomputed online and compared after the run
+    max_l2_tolerance: float  # the stage fails when a recomputed patch feature differs by more (L2)
 
 
 @dataclass(frozen=True)
@@ -202,6 +300,8 @@ class Config:
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    pipeline: PipelineConfig
+    clip: ClipConfig
 
 
 def config_to_json(config: Config) -> str:

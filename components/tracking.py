@@ -18,12 +18,13 @@ from typing import Any, Iterator, Mapping
 from urllib.parse import urlparse
 
 from bifusion.components.config import flatten, to_tree, to_yaml
-from bifusion.components.config_schema import Config, TrackingConfig
+from bifusion.components.config_schema import Config, TrackingConfig, config_to_json
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "BIFUSION_MLFLOW_PARENT_RUN_ID"
 DEFAULT_EXPERIMENT = "bifusion"
+RESOLVED_CONFIG_ARTIFACT = "resolved_config.json"
 _PARAM_BATCH = 100  # MLflow's per-request limit for params
 _PARAM_VALUE_LIMIT = 6000
 
@@ -178,6 +179,10 @@ class StageRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Attach a file (a plot, a render) to the run, under `artifact_path` when given."""
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
@@ -233,6 +238,8 @@ def stage_run(
         for start in range(0, len(items), _PARAM_BATCH):
             client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + _PARAM_BATCH]])
         client.log_text(run_id, to_yaml(tree), "config.yaml")
+        # The whole resolved config (not just the stage's sections): `bifusion rerun` rebuilds the stage from it.
+        client.log_text(run_id, config_to_json(config), RESOLVED_CONFIG_ARTIFACT)
         log.info("stage %s: MLflow run %s at %s", stage, run_id, uri)
     handle = StageRun(client, run_id, stage)
     try:

@@ -48,6 +48,18 @@ class FrameCamera:
 
 
 @dataclass
+class FrameImageInputs:
+    """What the encoder needs of one frame's image: clip_features (D, h, w) (stored float16 or online),
+    the camera, the frame's points (N, 3) un-augmented in the frame camera.cam_to_world maps into, and their
+    source pixels (N, 2) or None (then they are projected, with the depth test)."""
+
+    clip_features: Tensor
+    camera: FrameCamera
+    points_camera_frame: Tensor
+    source_pixels: Tensor | None
+
+
+@dataclass
 class BiFusionOutput:
     """Encoder output of one frame; N = the frame's point count.
 

@@ -1,4 +1,4 @@
-"""The `bifusion` command: one subcommand per stage, plus `pipeline run|compile`."""
+"""The `bifusion` command: one subcommand per stage, plus `pipeline run|compile|upload|submit`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from bifusion.components.cli import add_config_arguments, add_stage_commands, configure_logging  # noqa: E402
-from bifusion.pipelines.run_configs import resolve_pipeline_configs  # noqa: E402
+from bifusion.pipelines.local_runners import RUNNERS  # noqa: E402
+from bifusion.pipelines.run_configs import PipelineConfigs, resolve_pipeline_configs  # noqa: E402
+
+if TYPE_CHECKING:
+    from bifusion.pipelines.submit import UploadedVersion
+
+PIPELINE_NAME = "bifusion"  # the KFP display name; equals pipeline.PIPELINE_NAME (not imported: kfp loads slowly)
 
 
 def _pipeline_run(args: argparse.Namespace) -> None:
@@ -24,15 +32,14 @@ def _pipeline_run(args: argparse.Namespace) -> None:
     if not args.local:
         raise SystemExit("only --local runs exist so far: add --local (cluster submission is `bifusion pipeline submit`)")
     configs = resolve_pipeline_configs(args.config or ["base"], args.overrides)
-    result = run_local(configs, raw_uri=args.raw_uri, enable_caching=not args.no_cache)
+    result = run_local(configs, raw_uri=args.raw_uri, enable_caching=not args.no_cache, runner=args.runner)
     lines = [
         "",
         f"Pipeline run {result.pipeline_run_id} finished.",
         f"  single-view (SV) set : {result.outputs['sv_uri']}",
         f"  multi-view (MV) set  : {result.outputs['mv_uri']}",
         f"  scene set            : {result.outputs['scene_uri']}",
-        f"  3D SV checkpoint     : {result.outputs['checkpoint_3d_sv']}",
-        f"  3D SV metrics        : {_metrics_line(result.outputs['metrics_3d_sv'])}",
+        *(f"  {stage:<20} : {_metrics_line(result.outputs[f'metrics_{stage}'])}" for stage in configs.training),
         f"  store                : {result.store_uri}",
         f"  MLflow               : {result.tracking_uri} (parent run {result.mlflow_parent_run_id})",
         f"  browse runs with     : mlflow ui --backend-store-uri {result.tracking_uri}",
@@ -40,6 +47,7 @@ def _pipeline_run(args: argparse.Namespace) -> None:
     if result.cached_stages:
         lines.append(f"  served from the KFP cache: {', '.join(result.cached_stages)} (use --no-cache to re-run)")
     print("\n".join(lines))
+    print("\nAblation (same run):\n" + result.outputs["ablation_markdown"])
 
 
 def _metrics_line(metrics_json: str) -> str:
@@ -48,11 +56,75 @@ def _metrics_line(metrics_json: str) -> str:
     return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys)
 
 
-def _pipeline_compile(args: argparse.Namespace) -> None:
+def _compile_for_cluster(args: argparse.Namespace, output: Path) -> PipelineConfigs:
+    """Compile with the stage configs and, given `--cluster`, that file's placement; returns the configs."""
     from bifusion.pipelines.compile import compile_pipeline
+    from bifusion.pipelines.pipeline import no_placement
 
-    path = compile_pipeline(resolve_pipeline_configs(args.config or ["base"], args.overrides, absolute_workdir=False), args.output)
-    print(f"compiled pipeline written to {path}")
+    configs = resolve_pipeline_configs(args.config or ["base"], args.overrides, absolute_workdir=False)
+    placement = no_placement
+    if args.cluster:
+        from bifusion.pipelines.cluster import load_cluster_settings, placement_for
+
+        placement = placement_for(load_cluster_settings(args.cluster))
+    compile_pipeline(configs, output, placement)
+    return configs
+
+
+def _pipeline_compile(args: argparse.Namespace) -> None:
+    _compile_for_cluster(args, args.output)
+    print(f"compiled pipeline written to {args.output}")
+
+
+def _upload(args: argparse.Namespace, package_dir: Path) -> tuple[Any, UploadedVersion, PipelineConfigs | None]:
+    from bifusion.pipelines.pipeline import PIPELINE_DESCRIPTION
+    from bifusion.pipelines.submit import connect, upload_pipeline
+
+    configs = None
+    package = getattr(args, "package", None)
+    if package is None:
+        package = package_dir / "pipeline.yaml"
+        configs = _compile_for_cluster(args, package)
+    client = connect(args.host, namespace=args.namespace)
+    version = upload_pipeline(client, package, args.name, PIPELINE_DESCRIPTION, args.version_prefix)
+    state = "uploaded new version" if version.created else "unchanged, already uploaded as"
+    print(f"pipeline {args.name} ({version.pipeline_id}): {state} {version.version_name} ({version.version_id})")
+    return client, version, configs
+
+
+def _pipeline_upload(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="bifusion-upload-") as tmp:
+        _upload(args, Path(tmp))
+
+
+def _pipeline_submit(args: argparse.Namespace) -> None:
+    from bifusion.pipelines.submit import submit_run
+
+    with tempfile.TemporaryDirectory(prefix="bifusion-submit-") as tmp:
+        client, version, configs = _upload(args, Path(tmp))
+    assert configs is not None  # submit always compiles: its arguments are the resolved configs
+    arguments = {**configs.arguments(), "raw_uri": args.raw_uri}
+    run_name = args.run_name or f"{args.name} {version.version_name}"
+    run = submit_run(client, version, args.experiment, run_name, arguments, args.ui_host or args.host)
+    print(f"run id: {run.run_id}")
+    print(f"run:    {run.url}")
+
+
+def _add_cluster_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster", default=None, metavar="FILE_OR_NAME",
+        help="cluster settings (e.g. cluster/default, cluster/gpu-heavy or a file): image, resources, placement per stage",
+    )
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"), required="KF_PIPELINES_ENDPOINT" not in os.environ,
+                        metavar="URL", help="KFP API, e.g. http://ml-pipeline.kubeflow.svc.cluster.local:8888 (env KF_PIPELINES_ENDPOINT)")
+    parser.add_argument("--namespace", default=None, help="KFP namespace (multi-user installs)")
+    parser.add_argument("--name", default=PIPELINE_NAME, help=f"pipeline name on the server (default: {PIPELINE_NAME})")
+    parser.add_argument("--version-prefix", default="", help="version names are PREFIX-<sha256 of the YAML> (default: the pipeline name)")
+    _add_cluster_argument(parser)
+    add_config_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,19 +133,37 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_stage_commands(subparsers)
 
-    pipeline = subparsers.add_parser("pipeline", help="run or compile the Kubeflow pipeline")
+    pipeline = subparsers.add_parser("pipeline", help="run, compile, upload or submit the Kubeflow pipeline")
     pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
     run = pipeline_commands.add_parser("run", help="run the whole pipeline")
     run.add_argument("--local", action="store_true", help="run on this machine with kfp.local")
     run.add_argument("--raw-uri", default="", metavar="URI", help="prepare this raw ScanNet root instead of generating demo rooms")
     run.add_argument("--no-cache", action="store_true", help="re-run every task instead of reusing cached results")
+    run.add_argument(
+        "--runner", choices=RUNNERS, default="subprocess",
+        help="with --local: run tasks in this Python environment (subprocess) or in the stage image through Docker (docker)",
+    )
     add_config_arguments(run)
     run.set_defaults(handler=_pipeline_run)
 
     compile_ = pipeline_commands.add_parser("compile", help="compile the pipeline to KFP IR YAML")
     compile_.add_argument("--output", type=Path, default=Path("bifusion-pipeline.yaml"), metavar="PATH")
+    _add_cluster_argument(compile_)
     add_config_arguments(compile_)
     compile_.set_defaults(handler=_pipeline_compile)
+
+    upload = pipeline_commands.add_parser("upload", help="upload the pipeline to KFP (a new version only when it changed)")
+    upload.add_argument("--package", type=Path, default=None, metavar="PATH", help="upload this compiled YAML instead of compiling")
+    _add_server_arguments(upload)
+    upload.set_defaults(handler=_pipeline_upload)
+
+    submit = pipeline_commands.add_parser("submit", help="upload (if changed) and start a run on KFP; prints run id and link")
+    submit.add_argument("--experiment", required=True, help="KFP experiment (created if missing)")
+    submit.add_argument("--run-name", default="", help="run display name (default: pipeline and version)")
+    submit.add_argument("--raw-uri", default="", metavar="URI", help="raw ScanNet root to prepare; empty = generate demo rooms")
+    submit.add_argument("--ui-host", default="", metavar="URL", help="KFP UI address for the printed link (default: --host)")
+    _add_server_arguments(submit)
+    submit.set_defaults(handler=_pipeline_submit)
     return parser
 
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bifusion.pipelines.pipeline import TaskPlacement, build_pipeline, no_placement
 from bifusion.pipelines.run_configs import PipelineConfigs
 
 
-def compile_pipeline(configs: PipelineConfigs, output: Path) -> Path:
-    """Write the compiled pipeline to `output` (parent folders created) and return the path."""
-    from kfp import compiler
+def compile_pipeline(configs: PipelineConfigs, output: Path, placement: TaskPlacement = no_placement) -> Path:
+    """Write the compiled pipeline to `output` (parent folders created) and return the path.
 
-    from bifusion.pipelines.pipeline import bifusion_pipeline
+    `placement` attaches per-stage cluster settings (resources, node selectors, secrets, retries)."""
+    from kfp import compiler
 
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        bifusion_pipeline, str(output), pipeline_parameters=configs.arguments()
+        build_pipeline(configs.steps, placement), str(output), pipeline_parameters=configs.arguments()
     )
     return output

@@ -37,27 +37,64 @@ def prep_component(config_json: str, raw_uri: str) -> NamedTuple("PrepOutputs", 
 
 @dsl.component(base_image=STAGE_IMAGE, install_kfp_package=False)
 def train_component(
-    config_json: str, stage: str, data_uri: str, init_checkpoint_uri: str
+    config_json: str, stage: str, data_uri: str, init_checkpoint_uri: str, clip_features_uri: str = ""
 ) -> NamedTuple("TrainOutputs", checkpoint_uri=str, best_checkpoint_uri=str):
-    """Train one model stage; `init_checkpoint_uri` empty = start from `train.init_checkpoint`."""
+    """Train one model stage; `init_checkpoint_uri` empty = start from `train.init_checkpoint`;
+    `clip_features_uri` (BiFusion stages) = where clip_precompute wrote the image features."""
     from collections import namedtuple
 
-    from bifusion.components.config_schema import config_from_json
-    from bifusion.components.train.stage import run_train
+    from bifusion.components.train.launch import train_in_pod
 
-    result = run_train(config_from_json(config_json), stage, data_uri, init_checkpoint_uri or None)
+    # One process here, or torchrun with one process per GPU when the placement gave the pod several.
+    result = train_in_pod(config_json, stage, data_uri, init_checkpoint_uri or None, clip_features_uri or None)
     best = result.best_checkpoint_uri or result.checkpoint_uri
     return namedtuple("TrainOutputs", "checkpoint_uri best_checkpoint_uri")(result.checkpoint_uri, best)
 
 
 @dsl.component(base_image=STAGE_IMAGE, install_kfp_package=False)
-def evaluate_component(config_json: str, checkpoint_uri: str, data_uri: str) -> NamedTuple("EvaluateOutputs", output_uri=str, metrics_json=str):
-    """Score a checkpoint with the ScanNet protocol; returns where the reports are and the flat metrics."""
+def evaluate_component(
+    config_json: str, checkpoint_uri: str, data_uri: str, clip_features_uri: str = ""
+) -> NamedTuple("EvaluateOutputs", output_uri=str, metrics_json=str):
+    """Score a checkpoint with the ScanNet protocol (SV frames, or whole scenes for MV checkpoints);
+    returns where the reports are and the flat metrics."""
     import json
     from collections import namedtuple
 
     from bifusion.components.config_schema import config_from_json
     from bifusion.components.evaluate.stage import run_evaluate
 
-    result = run_evaluate(config_from_json(config_json), checkpoint_uri, data_uri)
+    result = run_evaluate(config_from_json(config_json), checkpoint_uri, data_uri, clip_features_uri=clip_features_uri or None)
     return namedtuple("EvaluateOutputs", "output_uri metrics_json")(result.output_uri, json.dumps(result.metrics))
+
+
+@dsl.component(base_image=STAGE_IMAGE, install_kfp_package=False)
+def clip_precompute_component(config_json: str, sv_uri: str, mv_uri: str) -> str:
+    """Write the CLIP image features of every frame the SV and MV sets use; returns the feature root URI."""
+    from bifusion.components.clip_features.stage import run_clip_precompute
+    from bifusion.components.config_schema import config_from_json
+
+    return run_clip_precompute(config_from_json(config_json), [sv_uri, mv_uri]).feature_uri
+
+
+@dsl.component(base_image=STAGE_IMAGE, install_kfp_package=False)
+def summary_component(
+    config_json: str,
+    metrics_3d_sv: str = "",
+    metrics_3d_mv: str = "",
+    metrics_3dtsa_sv: str = "",
+    metrics_3dtsa_mv: str = "",
+    metrics_bifusion_sv: str = "",
+    metrics_bifusion_mv: str = "",
+) -> str:
+    """The ablation table over every evaluated stage of this run (MLflow artifact); returns it as Markdown."""
+    import json
+
+    from bifusion.components.ablation import run_ablation_summary
+    from bifusion.components.config_schema import config_from_json
+
+    given = {
+        "3d_sv": metrics_3d_sv, "3d_mv": metrics_3d_mv, "3dtsa_sv": metrics_3dtsa_sv,
+        "3dtsa_mv": metrics_3dtsa_mv, "bifusion_sv": metrics_bifusion_sv, "bifusion_mv": metrics_bifusion_mv,
+    }
+    metrics = {stage: json.loads(text) for stage, text in given.items() if text}
+    return run_ablation_summary(config_from_json(config_json), metrics).markdown

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from bifusion.components.train.stages import TRAIN_STAGES
+from bifusion.pipelines.stage_graph import TrainingStep
 from bifusion.pipelines.run_configs import PipelineConfigs
 from bifusion.components.tracking import (
     PARENT_RUN_ENV,
@@ -51,18 +51,28 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def expected_stages(given_raw_data: bool) -> list[str]:
+def expected_stages(steps: list[TrainingStep], given_raw_data: bool) -> list[str]:
     """MLflow stage names one pipeline run records when nothing comes from the cache."""
-    data = ["prep"] if given_raw_data else ["synth", "prep"]
-    return [*data, *(f"train_{stage}" for stage in TRAIN_STAGES), *(f"evaluate_{stage}" for stage in TRAIN_STAGES)]
+    names = ["prep"] if given_raw_data else ["synth", "prep"]
+    if any(step.stage.startswith("bifusion") for step in steps):
+        names.append("clip_precompute")
+    for step in steps:
+        names += [f"train_{step.stage}", step.evaluation_stage]
+    return [*names, "summary"]
 
 
-def run_local(configs: PipelineConfigs, raw_uri: str = "", enable_caching: bool = True) -> LocalRunResult:
-    """Run the whole pipeline locally; `raw_uri` empty generates demo rooms, else prepares that raw root."""
+def run_local(
+    configs: PipelineConfigs, raw_uri: str = "", enable_caching: bool = True, runner: str = "subprocess"
+) -> LocalRunResult:
+    """Run the whole pipeline locally; `raw_uri` empty generates demo rooms, else prepares that raw root.
+
+    `runner` is `subprocess` (this Python environment) or `docker` (each task in the stage image)."""
     from kfp import local
 
+    from bifusion.components.docker_rerun import passed_environment
     from bifusion.components.storage import Storage
-    from bifusion.pipelines.pipeline import bifusion_pipeline
+    from bifusion.pipelines.local_runners import check_runner_available, local_runner, task_folders
+    from bifusion.pipelines.pipeline import build_pipeline
 
     config = configs.base
     workdir = Path(config.workdir)
@@ -71,23 +81,26 @@ def run_local(configs: PipelineConfigs, raw_uri: str = "", enable_caching: bool 
     workdir.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(config.tracking, workdir)
     check_tracking_backend(tracking_uri, config.tracking.check_timeout_s)
+    check_runner_available(runner)
     pipeline_run_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    parent = start_pipeline_run(config, pipeline_run_id, f"pipeline {pipeline_run_id}", {"bifusion.runner": "kfp.local"})
+    runner_tag = "kfp.local" if runner == "subprocess" else f"kfp.local.{runner}"
+    parent = start_pipeline_run(config, pipeline_run_id, f"pipeline {pipeline_run_id}", {"bifusion.runner": runner_tag})
+    task_environment = {**passed_environment(os.environ), PARENT_RUN_ENV: parent, "MLFLOW_TRACKING_URI": tracking_uri}
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
+        runner=local_runner(runner, task_environment, task_folders(config, raw_uri, tracking_uri)),
         pipeline_root=str(workdir / "kfp"),
         enable_caching=enable_caching,
         raise_on_error=True,
     )
     try:
         with _environment(**{PARENT_RUN_ENV: parent, "MLFLOW_TRACKING_URI": tracking_uri}):
-            task = bifusion_pipeline(**configs.arguments(), raw_uri=raw_uri)
+            task = build_pipeline(configs.steps)(**configs.arguments(), raw_uri=raw_uri)
     except BaseException:
         finish_pipeline_run(config, parent, "FAILED")
         raise
     outputs = {name: str(value) for name, value in task.outputs.items()}
     ran = stage_names_under(config, parent)
-    cached = [stage for stage in expected_stages(bool(raw_uri)) if stage not in ran]
+    cached = [stage for stage in expected_stages(configs.steps, bool(raw_uri)) if stage not in ran]
     tags = {f"bifusion.output.{name}": value for name, value in outputs.items()}
     tags["bifusion.cached_stages"] = ",".join(cached) or "none"
     finish_pipeline_run(config, parent, "FINISHED", tags)

@@ -67,8 +67,9 @@ def load_mv_frame(set_dir: Path, record: dict[str, Any], index: int) -> dict[str
     camera = {"img_path": record["img_paths"][index], "pose": record["poses"][index]}
     if "depth_paths" in record:
         camera.update(depth_path=record["depth_paths"][index], depth_scale=record["depth_scale"])
-    if "cam2img" in record:
-        camera["cam2img"] = record["cam2img"]
+    for key in ("cam2img", "image_size"):
+        if key in record:
+            camera[key] = record[key]
     return {
         "name": f"{record['scene']}_{record['frames'][index] if 'frames' in record else index}",
         "points": read_array(set_dir / "points" / path, "<f4", 6),

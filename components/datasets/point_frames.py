@@ -84,7 +84,7 @@ class SingleViewDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             transform = random_rigid_transform(self.augment, rng)
             xyz = maybe_elastic(apply_transform(transform, xyz_stored), self.augment, self.voxel_size, rng)
-        camera = {key: record[key] for key in ("img_path", "depth_path", "pose", "cam2img", "depth_scale") if key in record}
+        camera = {key: record[key] for key in ("img_path", "depth_path", "pose", "cam2img", "depth_scale", "image_size") if key in record}
         name = Path(record["lidar_points"]["lidar_path"]).stem
         return PointFrame(
             name=name,

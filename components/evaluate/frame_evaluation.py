@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from torch import nn
 
 from bifusion.components.config_schema import EvaluateConfig
 from bifusion.components.datasets.batching import PointBatch
@@ -24,9 +25,10 @@ from bifusion.components.evaluate.benchmark_classes import (
     scannet200_semantic_space,
 )
 from bifusion.components.evaluate.benchmark_export import write_ground_truth, write_instance_predictions
+from bifusion.components.evaluate.coverage import CoverageEvaluator, CoverageResult
 from bifusion.components.evaluate.instance_ap import InstanceAPResult, InstanceEvaluator
 from bifusion.components.evaluate.semantic_iou import SemanticIoUEvaluator, SemanticIoUResult
-from bifusion.model.esam_model import ESAMSingleView
+from bifusion.model.query_decoder import FrameDecoderOutput
 from bifusion.model.postprocess import InstancePredictions, predict_instances, predict_point_semantics
 
 
@@ -40,6 +42,8 @@ class EvaluationReport:
     frames: int
     seconds_per_frame: float
     skipped_benchmarks: dict[str, str] = field(default_factory=dict)
+    coverage: dict[str, CoverageResult] = field(default_factory=dict)  # per instance benchmark
+    renders: list[dict[str, Any]] = field(default_factory=list)  # the first frames' points, GT and predictions
 
 
 def benchmark_label_ids(benchmark: InstanceBenchmark, predicted: InstancePredictions, class_agnostic_model: bool) -> np.ndarray | None:
@@ -61,12 +65,14 @@ class FrameScorer:
         self.export_dir = export_dir
         self.skipped: dict[str, str] = {}
         self.instance: dict[str, InstanceEvaluator] = {}
+        self.coverage: dict[str, CoverageEvaluator] = {}
         for name in config.benchmarks:
             benchmark = instance_benchmark(name)
             if class_agnostic_model and not benchmark.class_agnostic:
                 self.skipped[name] = "the model is class-agnostic (model.class_agnostic=true); class-aware AP needs labels"
                 continue
             self.instance[name] = InstanceEvaluator(benchmark, min_region_size=config.min_points)
+            self.coverage[name] = CoverageEvaluator(benchmark, min_region_size=config.min_points)
         self.semantic = SemanticIoUEvaluator(scannet200_semantic_space())
         self.frames = 0
 
@@ -76,6 +82,7 @@ class FrameScorer:
         for benchmark_name, evaluator in self.instance.items():
             label_ids = benchmark_label_ids(evaluator.benchmark, predicted, self.class_agnostic_model)
             evaluator.add_scene(name, instance_raw, semantic_raw, masks, scores, label_ids)
+            self.coverage[benchmark_name].add_scene(name, instance_raw, semantic_raw, masks, scores, label_ids)
             if self.export_dir is not None:
                 folder = self.export_dir / benchmark_name
                 export_labels = label_ids if label_ids is not None else np.ones(len(scores), dtype=np.int64)
@@ -87,29 +94,41 @@ class FrameScorer:
     def results(self, seconds: float) -> EvaluationReport:
         instance = {name: evaluator.compute() for name, evaluator in self.instance.items()}
         semantic = self.semantic.compute()
+        coverage = {name: evaluator.compute() for name, evaluator in self.coverage.items()}
         summary = {f"{name}/{key}": value for name, result in instance.items() for key, value in result.summary().items()}
+        summary.update({f"{name}/{key}": value for name, result in coverage.items() for key, value in result.summary().items()})
         summary["semantic/miou"] = semantic.mean_iou
         summary["semantic/accuracy"] = semantic.accuracy
-        return EvaluationReport(summary, instance, semantic, self.frames, seconds / max(self.frames, 1), dict(self.skipped))
+        return EvaluationReport(summary, instance, semantic, self.frames, seconds / max(self.frames, 1), dict(self.skipped), coverage)
 
 
 @torch.no_grad()
+def forward_points(model: nn.Module, batch: PointBatch) -> list[FrameDecoderOutput]:
+    """The 3D model's forward on a point batch (BiFusion passes its own, with the image inputs)."""
+    return model(batch.xyz, batch.colors, batch.superpoints)
+
+
 def evaluate_single_view(
-    model: ESAMSingleView,
-    batches: Iterable[PointBatch],
+    model: nn.Module,
+    batches: Iterable[Any],
     config: EvaluateConfig,
     class_agnostic_model: bool,
     device: torch.device,
     export_dir: Path | None = None,
+    forward: Callable[[nn.Module, Any], list[FrameDecoderOutput]] = forward_points,
+    render_frames: int = 0,
 ) -> EvaluationReport:
-    """Predict every frame with all superpoints as queries and score it (model switched to eval mode)."""
+    """Predict every frame with all superpoints as queries and score it (model switched to eval mode).
+
+    batches: objects with `.to(device)`, `.frames` and `.superpoints` (a `PointBatch`, or a batch `forward` knows)."""
     was_training = model.training
     model.eval()
     scorer = FrameScorer(config, class_agnostic_model, export_dir)
+    renders: list[dict[str, Any]] = []
     started = time.perf_counter()
     for batch in batches:
         batch = batch.to(device)
-        outputs = model(batch.xyz, batch.colors, batch.superpoints)
+        outputs = forward(model, batch)
         for frame, output, superpoints in zip(batch.frames, outputs, batch.superpoints):
             final = output.final
             predicted = predict_instances(
@@ -120,5 +139,10 @@ def evaluate_single_view(
                 output.semantic_logits, output.query_superpoints, superpoints, int(superpoints.max()) + 1
             )
             scorer.add_frame(frame.name, frame.instance_raw, frame.semantic_raw, predicted, semantic.cpu().numpy())
+            if len(renders) < render_frames:
+                renders.append({"name": frame.name, "points": frame.xyz_stored, "gt_instance_ids": frame.instance_raw,
+                                "pred_masks": predicted.masks.cpu().numpy(), "pred_scores": predicted.scores.float().cpu().numpy()})
     model.train(was_training)
-    return scorer.results(time.perf_counter() - started)
+    report = scorer.results(time.perf_counter() - started)
+    report.renders = renders
+    return report

@@ -25,11 +25,17 @@ from bifusion.components.datasets.batching import FrameCollator
 from bifusion.components.datasets.point_frames import SingleViewDataset
 from bifusion.components.datasets.set_files import materialise_set
 from bifusion.components.evaluate.benchmark_classes import instance_benchmark
-from bifusion.components.evaluate.frame_evaluation import EvaluationReport, evaluate_single_view
+from bifusion.components.ablation import per_class_key
+from bifusion.components.evaluate.coverage import coverage_table
+from bifusion.components.evaluate.frame_evaluation import EvaluationReport, evaluate_single_view, forward_points
+from bifusion.components.evaluate.scene_evaluation import evaluate_scene_set
+from bifusion.components.infer import online_model_from_checkpoint
+from bifusion.components.run_pictures import log_evaluation_pictures
 from bifusion.components.storage import Storage, join_uri
 from bifusion.components.tracking import stage_run
 from bifusion.components.train.checkpoints import load_checkpoint
-from bifusion.components.train.model_factory import build_single_view_model
+from bifusion.components.train.fusion_recipe import FusionCollator, ImageFedOnlineModel, feature_source_for, forward_fusion
+from bifusion.components.train.model_factory import build_bifusion_model, build_single_view_model
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,23 @@ def semantic_table(report: EvaluationReport) -> str:
     return buffer.getvalue()
 
 
-def run_evaluate(config: Config, checkpoint_uri: str, data_uri: str, output_uri: str | None = None) -> EvaluateResult:
-    """Evaluate the checkpoint on `evaluate.split` of the SV set at `data_uri`."""
+def per_class_metrics(report: EvaluationReport) -> dict[str, float]:
+    """Flat per-class AP/AP50/AP25 of classes with GT (`per_class/<benchmark>/<class>/<metric>`): the ablation
+    summary reads the appearance-pair classes from them."""
+    metrics = {}
+    for benchmark, result in report.instance.items():
+        for index, name in enumerate(result.class_names):
+            for metric, values in (("ap", result.ap), ("ap50", result.ap50), ("ap25", result.ap25)):
+                if math.isfinite(values[index]):
+                    metrics[per_class_key(benchmark, name, metric)] = float(values[index])
+    return metrics
+
+
+def run_evaluate(
+    config: Config, checkpoint_uri: str, data_uri: str, output_uri: str | None = None, clip_features_uri: str | None = None
+) -> EvaluateResult:
+    """Evaluate the checkpoint on `evaluate.split` of the SV set at `data_uri`; MV checkpoints (stage `*_mv`)
+    on whole scenes instead, with `data_uri` prep's scene/ (or mv/) folder (`scene_evaluation`)."""
     storage = Storage(config.storage, config.workdir)
     checkpoint_uri, data_uri = storage.resolve(checkpoint_uri), storage.resolve(data_uri)
     output_uri = storage.resolve(output_uri or join_uri(storage.root, "evaluate", fingerprint(checkpoint_uri, data_uri, config.evaluate)))
@@ -71,24 +92,39 @@ def run_evaluate(config: Config, checkpoint_uri: str, data_uri: str, output_uri:
     model_config = build_dataclass(ModelConfig, checkpoint["config"]["model"], "checkpoint config.model")
     trained_stage = checkpoint.get("stage", "model")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_single_view_model(model_config)
+    if trained_stage.endswith("_mv"):
+        return _evaluate_scenes(config, storage, checkpoint, checkpoint_uri, data_uri, output_uri, model_config, device, clip_features_uri)
+    is_fusion = trained_stage.startswith("bifusion")
+    model = (build_bifusion_model if is_fusion else build_single_view_model)(model_config)
     model.load_state_dict(checkpoint["model"])
     model.to(device)
 
     set_dir = materialise_set(storage, data_uri, Path(config.workdir) / "cache" / "sets")
     dataset = SingleViewDataset(set_dir, config.evaluate.split, None, model_config.backbone.voxel_size_m, seed=0)
-    loader = DataLoader(dataset, batch_size=1, collate_fn=FrameCollator(model_config.class_agnostic), num_workers=0)
+    collate: Any = FrameCollator(model_config.class_agnostic)
+    forward: Any = forward_points
+    if is_fusion:
+        collate, forward = FusionCollator(collate, feature_source_for(config, clip_features_uri)), forward_fusion
+    loader = DataLoader(dataset, batch_size=1, collate_fn=collate, num_workers=0)
     sections: dict[str, Any] = {"workdir": config.workdir, "storage": config.storage, "evaluate": config.evaluate}
     tags = {"bifusion.input.checkpoint_uri": checkpoint_uri, "bifusion.input.data_uri": data_uri, "bifusion.output_uri": output_uri}
+    if clip_features_uri:
+        tags["bifusion.input.clip_features_uri"] = clip_features_uri
     with stage_run(f"evaluate_{trained_stage}", config, sections, tags) as run, tempfile.TemporaryDirectory() as tmp:
         export_dir = Path(tmp) / "benchmark_files" if config.evaluate.export_official else None
-        report = evaluate_single_view(model, loader, config.evaluate, model_config.class_agnostic, device, export_dir)
+        report = evaluate_single_view(model, loader, config.evaluate, model_config.class_agnostic, device, export_dir,
+                                      forward=forward, render_frames=config.evaluate.render_frames)
         metrics = {k: v for k, v in report.summary.items() if math.isfinite(v)}
         run.log_metrics({**metrics, "seconds_per_frame": report.seconds_per_frame, "frames": report.frames})
+        metrics.update(per_class_metrics(report))  # returned (ablation input), not logged: they are the CSV tables
         for name in report.instance:
             table = instance_table(report, name)
             run.log_text(table, f"per_class_{name}.csv")
             storage.write_text(join_uri(output_uri, f"per_class_{name}.csv"), table)
+        for name, result in report.coverage.items():
+            run.log_text(coverage_table(result), f"coverage_{name}.csv")
+            storage.write_text(join_uri(output_uri, f"coverage_{name}.csv"), coverage_table(result))
+        log_evaluation_pictures(run, report, report.renders)
         run.log_text(semantic_table(report), "per_class_semantic.csv")
         storage.write_text(join_uri(output_uri, "per_class_semantic.csv"), semantic_table(report))
         summary = {"metrics": report.summary, "frames": report.frames, "seconds_per_frame": report.seconds_per_frame,
@@ -98,4 +134,44 @@ def run_evaluate(config: Config, checkpoint_uri: str, data_uri: str, output_uri:
         run.log_dict(summary, "summary.json")
         if export_dir is not None and export_dir.exists():
             storage.upload_dir(export_dir, join_uri(output_uri, "benchmark_files"))
-    return EvaluateResult(output_uri, report.summary, report.frames)
+    return EvaluateResult(output_uri, metrics, report.frames)
+
+
+def _evaluate_scenes(
+    config: Config, storage: Storage, checkpoint: dict[str, Any], checkpoint_uri: str, data_uri: str, output_uri: str,
+    model_config: ModelConfig, device: torch.device, clip_features_uri: str | None,
+) -> EvaluateResult:
+    """Whole-scene (MV) branch of `run_evaluate`: stream each scene, score on the mesh, write the same files."""
+    model = online_model_from_checkpoint(checkpoint, config.evaluate, checkpoint_uri, allow_fusion=True)
+    model.to(device)
+    frame_model: Any = model
+    before_frame = None
+    if model.encoder is not None:  # bifusion_mv: every streamed frame brings its stored CLIP features
+        frame_model = ImageFedOnlineModel(model, feature_source_for(config, clip_features_uri))
+        before_frame = frame_model.queue
+    trained_stage = checkpoint["stage"]
+    sections: dict[str, Any] = {"workdir": config.workdir, "storage": config.storage, "evaluate": config.evaluate}
+    tags = {"bifusion.input.checkpoint_uri": checkpoint_uri, "bifusion.input.data_uri": data_uri, "bifusion.output_uri": output_uri}
+    if clip_features_uri:
+        tags["bifusion.input.clip_features_uri"] = clip_features_uri
+    with stage_run(f"evaluate_{trained_stage}", config, sections, tags) as run, tempfile.TemporaryDirectory() as tmp:
+        export_dir = Path(tmp) / "benchmark_files" if config.evaluate.export_official else None
+        report = evaluate_scene_set(frame_model, storage, data_uri, config, model_config.class_agnostic, device, export_dir,
+                                    before_frame)
+        metrics = {k: v for k, v in report.summary.items() if math.isfinite(v)}
+        run.log_metrics({**metrics, "seconds_per_frame": report.seconds_per_frame, "scenes": report.frames})
+        metrics.update(per_class_metrics(report))
+        for name in report.instance:
+            storage.write_text(join_uri(output_uri, f"per_class_{name}.csv"), instance_table(report, name))
+        for name, result in report.coverage.items():
+            storage.write_text(join_uri(output_uri, f"coverage_{name}.csv"), coverage_table(result))
+        storage.write_text(join_uri(output_uri, "per_class_semantic.csv"), semantic_table(report))
+        summary = {"metrics": report.summary, "scenes": report.frames, "seconds_per_frame": report.seconds_per_frame,
+                   "segment_smoothing": config.evaluate.segment_smoothing, "protocol": "whole scene, mesh vertices",
+                   "skipped_benchmarks": report.skipped_benchmarks, "checkpoint_uri": checkpoint_uri}
+        storage.write_json(join_uri(output_uri, "summary.json"), summary)
+        storage.write_text(join_uri(output_uri, "config.yaml"), to_yaml(sections))
+        run.log_dict(summary, "summary.json")
+        if export_dir is not None and export_dir.exists():
+            storage.upload_dir(export_dir, join_uri(output_uri, "benchmark_files"))
+    return EvaluateResult(output_uri, metrics, report.frames)

@@ -57,7 +57,7 @@ def _point_arrays(sample: FrameSample, xyz: np.ndarray) -> dict[str, bytes]:
 
 def write_sv_sample(
     storage: Storage, set_uri: str, layout: SceneLayout, sample: FrameSample, intrinsics: np.ndarray,
-    depth_scale: float, axis_alignment: np.ndarray,
+    depth_scale: float, axis_alignment: np.ndarray, image_size: tuple[int, int],
 ) -> dict[str, Any]:
     """Write one single-view sample (points centred on their mean, as ESAM) and return its info record."""
     name = f"{layout.scene}_{sample.frame}.bin"
@@ -78,6 +78,7 @@ def write_sv_sample(
         "pose_world": sample.cam_to_world.tolist(),
         "centre_offset": centre.tolist(),
         "cam2img": _homogeneous(intrinsics).tolist(),
+        "image_size": list(image_size),  # (W, H) of the depth grid that cam2img and source pixels refer to
         "depth_scale": depth_scale,
         "axis_align_matrix": axis_alignment.tolist(),
         "scene": layout.scene,
@@ -102,7 +103,7 @@ def write_mv_frame(storage: Storage, set_uri: str, layout: SceneLayout, sample: 
 
 def mv_record(
     storage: Storage, set_uri: str, layout: SceneLayout, frames: list[dict[str, Any]], intrinsics: np.ndarray,
-    depth_scale: float, axis_alignment: np.ndarray,
+    depth_scale: float, axis_alignment: np.ndarray, image_size: tuple[int, int],
 ) -> dict[str, Any]:
     """The per-scene MV info record (ESAM keys plus ours), frames in stream order."""
     storage.write_bytes(join_uri(set_uri, "axis_align_matrix", f"{layout.scene}.npy"), _npy_bytes(axis_alignment))
@@ -119,6 +120,7 @@ def mv_record(
         "poses": [f["pose"] for f in frames],
         "frames": [f["frame"] for f in frames],
         "cam2img": _homogeneous(intrinsics).tolist(),
+        "image_size": list(image_size),  # (W, H) of the depth grid
         "depth_scale": depth_scale,
         "axis_align_matrix": axis_alignment.tolist(),
         "scene_points_path": f"../scene/points/{layout.scene}.bin",

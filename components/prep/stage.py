@@ -116,12 +116,14 @@ def prepare_scene(job: SceneJob, progress: Progress) -> dict[str, Any]:
 
     sv_uri, mv_uri, scene_uri = (join_uri(job.output_uri, name) for name in ("sv", "mv", "scene"))
     intrinsics = None
+    image_size = (0, 0)
     mv_frames = []
     for number in frames:
         try:
             frame = load_frame(storage, layout, number, prep.depth_scale)
             if intrinsics is None:
                 height, width = frame.depth_m.shape
+                image_size = (width, height)
                 try:
                     intrinsics = load_depth_intrinsics(storage, layout, prep.intrinsics, (width, height))
                 except NotFoundError:
@@ -134,13 +136,13 @@ def prepare_scene(job: SceneJob, progress: Progress) -> dict[str, Any]:
             continue
         if "sv" in prep.sets and number in job.sv_frames:
             record["sv"].append(
-                write_sv_sample(storage, sv_uri, layout, sample, intrinsics, prep.depth_scale, annotation.axis_alignment)
+                write_sv_sample(storage, sv_uri, layout, sample, intrinsics, prep.depth_scale, annotation.axis_alignment, image_size)
             )
         if "mv" in prep.sets and number in job.mv_frames:
             mv_frames.append(write_mv_frame(storage, mv_uri, layout, sample))
         progress.put(1)
     if "mv" in prep.sets and mv_frames:
-        record["mv"] = mv_record(storage, mv_uri, layout, mv_frames, intrinsics, prep.depth_scale, annotation.axis_alignment)
+        record["mv"] = mv_record(storage, mv_uri, layout, mv_frames, intrinsics, prep.depth_scale, annotation.axis_alignment, image_size)
     if "scene" in prep.sets:
         record["scene_record"] = write_scene(storage, scene_uri, layout, annotation)
     return _publish_record(storage, job, record)

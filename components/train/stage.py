@@ -1,4 +1,4 @@
-"""`bifusion train --stage 3d_sv`: train ESAM's single-view model on a prepared SV set.
+"""`bifusion train --stage STAGE`: train one model stage on a prepared set (its recipe says what differs).
 
 Reads top to bottom like a plain PyTorch loop: data, model, optimiser, resume, steps, checkpoints,
 validation. Checkpoints go to the store every `checkpoint_every_iterations` and at the end; a restarted
@@ -17,27 +17,26 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from bifusion.components.config import fingerprint, to_tree, to_yaml
 from bifusion.components.config_schema import Config
-from bifusion.components.datasets.batching import FrameCollator, PointBatch
-from bifusion.components.datasets.point_frames import SingleViewDataset, seed_worker
+from bifusion.components.datasets.point_frames import seed_worker
 from bifusion.components.datasets.set_files import materialise_set
-from bifusion.components.evaluate.frame_evaluation import EvaluationReport, evaluate_single_view
+from bifusion.components.evaluate.frame_evaluation import EvaluationReport
 from bifusion.components.storage import Storage, join_uri
-from bifusion.components.tracking import stage_run
+from bifusion.components.run_pictures import log_training_plots
+from bifusion.components.system_metrics import StepRecorder, mlflow_system_metrics
+from bifusion.components.tracking import resolve_tracking_uri, stage_run
 from bifusion.components.train.checkpoints import CheckpointStore, load_checkpoint
 from bifusion.components.train.distributed import DistributedContext, init_distributed, shutdown_distributed
-from bifusion.components.train.model_factory import build_criterion, build_single_view_model
 from bifusion.components.train.sampling import ResumableSampler
-from bifusion.components.train.stages import TRAIN_STAGES
-from bifusion.model.res16unet import load_backbone_weights
+from bifusion.components.train.recipes import TrainingRecipe, recipe_for
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,13 @@ class TrainResult:
     metrics: dict[str, float]  # last validation summary
 
 
-def train_output_uri(storage: Storage, stage: str, config: Config, data_uri: str, init_uri: str | None) -> str:
+def train_output_uri(
+    storage: Storage, stage: str, config: Config, data_uri: str, init_uri: str | None, clip_features_uri: str | None = None
+) -> str:
     """Where a stage's checkpoints live: keyed by what shapes the weights (not workers or device)."""
     train = dataclasses.replace(config.train, num_workers=0, device="auto", log_every_iterations=0)
-    return join_uri(storage.root, "train", stage, fingerprint(config.model, train, data_uri, init_uri))
+    inputs = (data_uri, init_uri) if clip_features_uri is None else (data_uri, init_uri, clip_features_uri)
+    return join_uri(storage.root, "train", stage, fingerprint(config.model, train, *inputs))
 
 
 def pick_device(choice: str, context: DistributedContext) -> torch.device:
@@ -95,6 +97,8 @@ class _NoTracking:
 
     def log_text(self, *args: Any, **kwargs: Any) -> None: ...
 
+    def log_artifact(self, *args: Any, **kwargs: Any) -> None: ...
+
     def set_tags(self, *args: Any, **kwargs: Any) -> None: ...
 
 
@@ -102,7 +106,7 @@ def _tracking(context: DistributedContext, *args: Any, **kwargs: Any) -> context
     return stage_run(*args, **kwargs) if context.is_main else contextlib.nullcontext(_NoTracking())
 
 
-def _loader(dataset: SingleViewDataset, sampler: ResumableSampler, batch_size: int, workers: int, collate: FrameCollator) -> DataLoader:
+def _loader(dataset: Dataset, sampler: ResumableSampler, batch_size: int, workers: int, collate: Callable[[list[Any]], Any]) -> DataLoader:
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=workers,
         worker_init_fn=seed_worker, persistent_workers=False, pin_memory=torch.cuda.is_available(),
@@ -119,28 +123,29 @@ def _log_report(run: Any, report: EvaluationReport, iteration: int, prefix: str)
 
 
 def run_train(
-    config: Config, stage: str, data_uri: str, init_checkpoint_uri: str | None = None, output_uri: str | None = None
+    config: Config, stage: str, data_uri: str, init_checkpoint_uri: str | None = None, output_uri: str | None = None,
+    clip_features_uri: str | None = None,
 ) -> TrainResult:
     """Train `stage` on the set at `data_uri`; `init_checkpoint_uri` (or `train.init_checkpoint`) seeds the
     backbone by partial loading. Returns where the checkpoints are."""
-    if stage not in TRAIN_STAGES:
-        raise ValueError(f"unknown training stage '{stage}'; known: {', '.join(TRAIN_STAGES)}")
+    recipe = recipe_for(config, stage, clip_features_uri)
     train = config.train
     device_kind = "cuda" if train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available()) else "cpu"
     context = init_distributed(device_kind)
     try:
-        return _train(config, stage, data_uri, init_checkpoint_uri or train.init_checkpoint, output_uri, context)
+        return _train(recipe, data_uri, init_checkpoint_uri or train.init_checkpoint, output_uri, context)
     finally:
         shutdown_distributed(context)
 
 
 def _train(
-    config: Config, stage: str, data_uri: str, init_uri: str | None, output_uri: str | None, context: DistributedContext
+    recipe: TrainingRecipe, data_uri: str, init_uri: str | None, output_uri: str | None, context: DistributedContext
 ) -> TrainResult:
+    config, stage = recipe.config, recipe.stage
     train = config.train
     storage = Storage(config.storage, config.workdir)
     data_uri = storage.resolve(data_uri)
-    output_uri = storage.resolve(output_uri or train_output_uri(storage, stage, config, data_uri, init_uri))
+    output_uri = storage.resolve(output_uri or train_output_uri(storage, stage, config, data_uri, init_uri, recipe.clip_features_uri))
     device = pick_device(train.device, context)
     if context.enabled and device.type == "cpu":
         # Several processes on one CPU: more OpenMP threads than cores makes every op wait for descheduled peers.
@@ -158,10 +163,8 @@ def _train(
     context.barrier()
     if not context.is_main:
         set_dir = materialise_set(storage, data_uri, cache)
-    voxel = config.model.backbone.voxel_size_m
-    train_set = SingleViewDataset(set_dir, train.train_split, train.augment, voxel, train.seed)
-    val_set = SingleViewDataset(set_dir, train.val_split, None, voxel, train.seed)
-    collate = FrameCollator(config.model.class_agnostic)
+    train_set, val_set = recipe.datasets(set_dir)
+    collate = recipe.collate()
     sampler = ResumableSampler(len(train_set), train.seed, context.rank, context.world_size)
     val_loader = DataLoader(val_set, batch_size=per_process_batch, collate_fn=collate, num_workers=train.num_workers)
     iterations_per_epoch = math.ceil(sampler.per_process() / per_process_batch)
@@ -169,9 +172,9 @@ def _train(
     if train.max_iterations is not None:
         total = min(total, train.max_iterations)
 
-    model = build_single_view_model(config.model).to(device)
-    criterion = build_criterion(config.model, train.loss).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    model = recipe.build_model().to(device)
+    criterion = recipe.build_criterion().to(device)
+    optimizer = torch.optim.AdamW(recipe.parameter_groups(model), lr=train.lr, weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_lr_factor(it, total, train.poly_power))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and train.amp == "fp16")
     checkpoints = CheckpointStore(storage, output_uri)
@@ -190,10 +193,10 @@ def _train(
         log.info("train %s: resuming at iteration %d from %s", stage, state["iteration"], resume_uri)
     elif init_uri is not None:
         initial = load_checkpoint(storage, storage.resolve(init_uri))
-        init_report = load_backbone_weights(model.backbone, initial, train.init_prefix_map)
-        log.info("train %s: backbone initialised from %s:\n%s", stage, init_uri, init_report.summary())
+        init_report = recipe.initialise(model, initial)
+        log.info("train %s: initialised from %s:\n%s", stage, init_uri, init_report.summary())
         if not init_report.loaded:
-            raise ValueError(f"{init_uri}: no backbone tensor matched (prefix map {train.init_prefix_map}):\n{init_report.summary()}")
+            raise ValueError(f"{init_uri}: no tensor matched the {stage} model (prefix map {train.init_prefix_map}):\n{init_report.summary()}")
 
     ddp_model = model
     if context.enabled:
@@ -203,7 +206,11 @@ def _train(
 
     sections = {"workdir": config.workdir, "storage": config.storage, "model": config.model, "train": train, "evaluate": config.evaluate}
     tags = {"bifusion.input.data_uri": data_uri, "bifusion.output_uri": output_uri, "bifusion.train_stage": stage}
-    with _tracking(context, f"train_{stage}", config, sections, tags, resume_run_id=state["mlflow_run_id"]) as run:
+    if init_uri:  # `bifusion rerun` starts from the same checkpoint
+        tags["bifusion.input.init_checkpoint_uri"] = init_uri
+    if recipe.clip_features_uri:
+        tags["bifusion.input.clip_features_uri"] = recipe.clip_features_uri
+    with _tracking(context, f"train_{stage}", config, sections, tags, resume_run_id=state["mlflow_run_id"]) as run, contextlib.ExitStack() as stack:
         state["mlflow_run_id"] = run.run_id
         if context.is_main:
             storage.write_text(join_uri(output_uri, "config.yaml"), to_yaml(sections))
@@ -220,7 +227,7 @@ def _train(
         def validate() -> EvaluationReport | None:
             report = None
             if context.is_main:
-                report = evaluate_single_view(model, val_loader, config.evaluate, config.model.class_agnostic, device)
+                report = recipe.validate(model, val_loader, device)
                 _log_report(run, report, state["iteration"], "val")
                 metric = report.summary.get(train.best_metric, float("nan"))
                 if math.isfinite(metric) and (state["best"] is None or metric > state["best"]):
@@ -232,6 +239,10 @@ def _train(
             context.barrier()
             return report
 
+        recorder = StepRecorder(device)
+        if context.is_main:
+            system_metrics = stack.enter_context(mlflow_system_metrics(run.run_id, resolve_tracking_uri(config.tracking, config.workdir)))
+            log.debug("MLflow system metrics %s", "on" if system_metrics else "off")
         report = None
         bar = tqdm(total=total, initial=state["iteration"], desc=f"train {stage}", unit="it", disable=not context.is_main, dynamic_ncols=True)
         ddp_model.train()
@@ -243,7 +254,10 @@ def _train(
             epoch_losses: list[float] = []
             for batch in _loader(train_set, sampler, per_process_batch, train.num_workers, collate):
                 started = time.perf_counter()
-                loss_value = _train_step(ddp_model, criterion, optimizer, scheduler, scaler, batch.to(device), train, device, context, state)
+                recorder.step_started()
+                recipe.begin_iteration(_unwrap(ddp_model), state["iteration"])
+                loss_value = _train_step(recipe, ddp_model, criterion, optimizer, scheduler, scaler, recipe.batch_to(batch, device), train, device, context, state)
+                recorder.step_finished(per_process_batch)
                 state["iteration"] += 1
                 bar.update(1)
                 if loss_value is not None:
@@ -253,8 +267,12 @@ def _train(
                         metrics = {f"loss/{k}": v for k, v in loss_value.items()}
                         metrics.update({"lr": scheduler.get_last_lr()[0], "iteration_seconds": seconds,
                                         "samples_per_second": train.batch_size / seconds, "skipped_steps": state["skipped"]})
+                        metrics.update(recorder.metrics())
                         run.log_metrics(metrics, step=state["iteration"])
                         bar.set_postfix(loss=f"{loss_value['total']:.3f}")
+                stage_metrics = recipe.pop_metrics()
+                if context.is_main and stage_metrics:
+                    run.log_metrics(stage_metrics, step=state["iteration"])
                 if context.is_main and state["iteration"] % train.checkpoint_every_iterations == 0:
                     checkpoints.save_snapshot(snapshot_state(), state["iteration"])
                 if state["iteration"] >= total or state["iteration"] - epoch * iterations_per_epoch >= iterations_per_epoch:
@@ -281,6 +299,7 @@ def _train(
             }
             storage.write_json(join_uri(output_uri, "summary.json"), summary)
             run.log_dict(summary, "summary.json")
+            log_training_plots(run, getattr(recipe, "alpha_history", ()))
             run.set_tags({"bifusion.output.checkpoint_uri": final_uri})
         context.barrier()
     best_uri = checkpoints.uri("best.pt") if state["best"] is not None else None
@@ -288,14 +307,13 @@ def _train(
 
 
 def _train_step(
-    model: torch.nn.Module, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-    scaler: torch.amp.GradScaler, batch: PointBatch, train: Any, device: torch.device, context: DistributedContext,
-    state: dict[str, Any],
+    recipe: TrainingRecipe, model: torch.nn.Module, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: Any, scaler: torch.amp.GradScaler, batch: Any, train: Any, device: torch.device,
+    context: DistributedContext, state: dict[str, Any],
 ) -> dict[str, float] | None:
     """One optimisation step; returns the loss terms, or None when a non-finite loss made every process skip it."""
     with autocast_context(device, train.amp):
-        outputs = model(batch.xyz, batch.colors, batch.superpoints)
-        losses = criterion(outputs, batch.targets)
+        losses = recipe.losses(model, criterion, batch)
     total = losses["total"]
     if context.any_true(not bool(torch.isfinite(total)), device):
         state["skipped"] += 1

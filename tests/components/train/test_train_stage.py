@@ -18,6 +18,7 @@ from bifusion.components.config import to_yaml
 from bifusion.components.storage import Storage
 from bifusion.components.train.checkpoints import load_checkpoint
 from bifusion.components.train.distributed import DistributedContext
+from bifusion.components.train.recipes import TrainingRecipe
 from bifusion.components.train.stage import _train_step, run_train
 
 
@@ -40,6 +41,10 @@ def test_training_writes_checkpoints_metrics_and_validation(train_config, tiny_s
     history = client.get_metric_history(run.info.run_id, "loss/total")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert run.data.params["train.lr"] == "0.001"
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/loss_curves.png", "plots/lr_schedule.png"}
+    assert client.get_metric_history(run.info.run_id, "system/iteration_seconds")
+    assert client.get_metric_history(run.info.run_id, "system/host_peak_rss_mb")[0].value > 0
 
 
 class _NaNCriterion(torch.nn.Module):
@@ -61,7 +66,8 @@ def test_non_finite_loss_skips_the_step_without_touching_weights(train_config, t
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     state = {"iteration": 0, "skipped": 0}
-    result = _train_step(model, _NaNCriterion(), optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=False),
+    recipe = TrainingRecipe(config, "3d_sv")
+    result = _train_step(recipe, model, _NaNCriterion(), optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=False),
                          batch, config.train, torch.device("cpu"), DistributedContext(0, 1, 0), state)
     assert result is None and state["skipped"] == 1
     for name, parameter in model.named_parameters():
