@@ -8,7 +8,14 @@ DEMO_ARGS ?=
 # another process holds a core).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test install clean-demo
+# Stage image: make images REGISTRY=registry.example.com/ml TAG=0.1.0 (PUSH=1 also pushes it).
+REGISTRY ?= ghcr.io/bifusion
+TAG ?= 0.1.0
+IMAGE := $(REGISTRY)/bifusion-pipeline:$(TAG)
+# The chart's files/pipeline.yaml is compiled with these arguments (tests/deploy/test_chart.py compiles the same).
+CHART_PIPELINE_ARGS := --cluster cluster/default --set storage.root=s3://bifusion/store
+
+.PHONY: demo test install clean-demo images chart-pipeline
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,3 +33,10 @@ test: $(STAMP)
 
 clean-demo:
 	rm -rf bifusion-work
+
+images:
+	docker build -f docker/Dockerfile --build-arg VERSION=$(TAG) -t $(IMAGE) .
+	if [ -n "$(PUSH)" ]; then docker push $(IMAGE); fi
+
+chart-pipeline: $(STAMP)
+	$(BIN)/bifusion pipeline compile $(CHART_PIPELINE_ARGS) --output charts/bifusion-pipeline/files/pipeline.yaml
