@@ -139,12 +139,46 @@ def start_pipeline_run(config: Config, pipeline_run_id: str, run_name: str, tags
     return run.info.run_id
 
 
-def finish_pipeline_run(config: Config, run_id: str, status: str, tags: Mapping[str, str] = ()) -> None:
-    """Close a parent run with FINISHED, FAILED or KILLED, adding final tags (e.g. cached stages)."""
+PIPELINE_OUTPUTS_ARTIFACT = "pipeline_outputs.json"
+_TAG_VALUE_LIMIT = 5000  # MLflow rejects longer tag values (metrics JSON of a real ScanNet200 run is longer)
+
+
+def finish_pipeline_run(
+    config: Config, run_id: str, status: str, tags: Mapping[str, str] = (), outputs: Mapping[str, str] | None = None
+) -> None:
+    """Close a parent run with FINISHED, FAILED or KILLED, adding final tags (e.g. cached stages).
+
+    `outputs` (the pipeline's output parameters) are stored whole as `pipeline_outputs.json` (what
+    `--reuse-run` reads) and, where short enough, as `bifusion.output.<name>` tags for the MLflow UI."""
     client = _client(resolve_tracking_uri(config.tracking, config.workdir))
+    if outputs is not None:
+        client.log_dict(run_id, dict(outputs), PIPELINE_OUTPUTS_ARTIFACT)
+        tags = {**{f"bifusion.output.{k}": v for k, v in outputs.items() if len(v) <= _TAG_VALUE_LIMIT}, **dict(tags)}
     for key, value in dict(tags).items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, status)
+
+
+def pipeline_outputs(config: Config, run_id: str) -> dict[str, str]:
+    """The outputs a finished pipeline run recorded (its parent run's `pipeline_outputs.json`)."""
+    import json
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    client = _client(resolve_tracking_uri(config.tracking, config.workdir))
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise ValueError(f"MLflow run {run_id}: not found ({error.message})") from None
+    if run.data.tags.get("bifusion.kind") != "pipeline":
+        raise ValueError(f"MLflow run {run_id} is not a pipeline run (tag bifusion.kind={run.data.tags.get('bifusion.kind')!r})")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, PIPELINE_OUTPUTS_ARTIFACT, tmp)
+        except MlflowException:
+            raise ValueError(f"pipeline run {run_id} has no {PIPELINE_OUTPUTS_ARTIFACT}: it did not finish") from None
+        return json.loads(Path(path).read_text())
 
 
 def stage_names_under(config: Config, parent_run_id: str) -> set[str]:

@@ -14,6 +14,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from bifusion.components.cli import add_config_arguments, add_stage_commands, configure_logging  # noqa: E402
@@ -32,14 +33,15 @@ def _pipeline_run(args: argparse.Namespace) -> None:
     if not args.local:
         raise SystemExit("only --local runs exist so far: add --local (cluster submission is `bifusion pipeline submit`)")
     configs = resolve_pipeline_configs(args.config or ["base"], args.overrides)
-    result = run_local(configs, raw_uri=args.raw_uri, enable_caching=not args.no_cache, runner=args.runner)
+    reuse = _reuse(configs, args)
+    result = run_local(configs, raw_uri=args.raw_uri, enable_caching=not args.no_cache, runner=args.runner, reuse=reuse)
     lines = [
         "",
         f"Pipeline run {result.pipeline_run_id} finished.",
-        f"  single-view (SV) set : {result.outputs['sv_uri']}",
-        f"  multi-view (MV) set  : {result.outputs['mv_uri']}",
-        f"  scene set            : {result.outputs['scene_uri']}",
-        *(f"  {stage:<20} : {_metrics_line(result.outputs[f'metrics_{stage}'])}" for stage in configs.training),
+        *(f"  {label:<20} : {reuse.get(key) or result.outputs[key]}" for key, label in
+          (("sv_uri", "single-view (SV) set"), ("mv_uri", "multi-view (MV) set"), ("scene_uri", "scene set"))),
+        *(f"  {stage:<20} : {_metrics_line(reuse.get(f'metrics_{stage}') or result.outputs[f'metrics_{stage}'])}"
+          for stage in configs.training),
         f"  store                : {result.store_uri}",
         f"  MLflow               : {result.tracking_uri} (parent run {result.mlflow_parent_run_id})",
         f"  browse runs with     : mlflow ui --backend-store-uri {result.tracking_uri}",
@@ -48,6 +50,20 @@ def _pipeline_run(args: argparse.Namespace) -> None:
         lines.append(f"  served from the KFP cache: {', '.join(result.cached_stages)} (use --no-cache to re-run)")
     print("\n".join(lines))
     print("\nAblation (same run):\n" + result.outputs["ablation_markdown"])
+
+
+def _reuse(configs: Any, args: argparse.Namespace) -> dict[str, str]:
+    """`--from-stage` / `--reuse-run` / `--reuse NAME=URI` -> the outputs to take from an earlier run."""
+    from bifusion.components.tracking import pipeline_outputs
+    from bifusion.pipelines.reuse import parse_reuse_items, resolve_reuse
+
+    explicit = parse_reuse_items(args.reuse)
+    if args.reuse_run and not args.from_stage:
+        raise SystemExit("--reuse-run needs --from-stage (which stage to run again)")
+    if not args.from_stage and not explicit:
+        return {}
+    recorded = pipeline_outputs(configs.base, args.reuse_run) if args.reuse_run else {}
+    return resolve_reuse(configs.steps, args.from_stage, recorded, explicit)
 
 
 def _metrics_line(metrics_json: str) -> str:
@@ -139,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="run on this machine with kfp.local")
     run.add_argument("--raw-uri", default="", metavar="URI", help="prepare this raw ScanNet root instead of generating demo rooms")
     run.add_argument("--no-cache", action="store_true", help="re-run every task instead of reusing cached results")
+    run.add_argument("--from-stage", default=None, metavar="STAGE", help="run this stage and what starts from it; take the rest from --reuse-run")
+    run.add_argument("--reuse-run", default=None, metavar="MLFLOW_RUN_ID", help="pipeline (parent) run whose outputs to reuse")
+    run.add_argument("--reuse", action="append", default=[], metavar="NAME=URI", help="take this output instead of running its task (repeatable)")
     run.add_argument(
         "--runner", choices=RUNNERS, default="subprocess",
         help="with --local: run tasks in this Python environment (subprocess) or in the stage image through Docker (docker)",

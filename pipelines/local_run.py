@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from bifusion.pipelines.stage_graph import TrainingStep
 from bifusion.pipelines.run_configs import PipelineConfigs
@@ -51,22 +51,25 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def expected_stages(steps: list[TrainingStep], given_raw_data: bool) -> list[str]:
-    """MLflow stage names one pipeline run records when nothing comes from the cache."""
-    names = ["prep"] if given_raw_data else ["synth", "prep"]
-    if any(step.stage.startswith("bifusion") for step in steps):
+def expected_stages(steps: list[TrainingStep], given_raw_data: bool, reuse: Mapping[str, str] = {}) -> list[str]:
+    """MLflow stage names one pipeline run records when nothing comes from the cache (reused ones never run)."""
+    names = [] if "sv_uri" in reuse else ["prep"] if given_raw_data else ["synth", "prep"]
+    if any(step.stage.startswith("bifusion") for step in steps) and "clip_features_uri" not in reuse:
         names.append("clip_precompute")
     for step in steps:
-        names += [f"train_{step.stage}", step.evaluation_stage]
+        if f"checkpoint_{step.stage}" not in reuse:
+            names += [f"train_{step.stage}", step.evaluation_stage]
     return [*names, "summary"]
 
 
 def run_local(
-    configs: PipelineConfigs, raw_uri: str = "", enable_caching: bool = True, runner: str = "subprocess"
+    configs: PipelineConfigs, raw_uri: str = "", enable_caching: bool = True, runner: str = "subprocess",
+    reuse: Mapping[str, str] = {},
 ) -> LocalRunResult:
     """Run the whole pipeline locally; `raw_uri` empty generates demo rooms, else prepares that raw root.
 
-    `runner` is `subprocess` (this Python environment) or `docker` (each task in the stage image)."""
+    `runner` is `subprocess` (this Python environment) or `docker` (each task in the stage image). `reuse`:
+    outputs of an earlier run to take instead of running their tasks (`reuse.resolve_reuse`)."""
     from kfp import local
 
     from bifusion.components.docker_rerun import passed_environment
@@ -94,15 +97,13 @@ def run_local(
     )
     try:
         with _environment(**{PARENT_RUN_ENV: parent, "MLFLOW_TRACKING_URI": tracking_uri}):
-            task = build_pipeline(configs.steps)(**configs.arguments(), raw_uri=raw_uri)
+            task = build_pipeline(configs.steps, reuse=reuse)(**configs.arguments(), raw_uri=raw_uri)
     except BaseException:
         finish_pipeline_run(config, parent, "FAILED")
         raise
     outputs = {name: str(value) for name, value in task.outputs.items()}
     ran = stage_names_under(config, parent)
-    cached = [stage for stage in expected_stages(configs.steps, bool(raw_uri)) if stage not in ran]
-    tags = {f"bifusion.output.{name}": value for name, value in outputs.items()}
-    tags["bifusion.cached_stages"] = ",".join(cached) or "none"
-    finish_pipeline_run(config, parent, "FINISHED", tags)
+    cached = [stage for stage in expected_stages(configs.steps, bool(raw_uri), reuse) if stage not in ran]
+    finish_pipeline_run(config, parent, "FINISHED", {"bifusion.cached_stages": ",".join(cached) or "none"}, outputs)
     store = Storage(config.storage, workdir).root
     return LocalRunResult(pipeline_run_id, parent, tracking_uri, store, outputs, cached)

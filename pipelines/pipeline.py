@@ -8,7 +8,7 @@ them. `placement` lets the cluster build attach resources, node selectors, secre
 """
 
 import inspect
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 from kfp import dsl
 
@@ -36,16 +36,21 @@ def stage_config_parameter(stage: str) -> str:
     return f"train_{stage}_config_json"
 
 
-def output_names(steps: list[TrainingStep]) -> list[str]:
+def output_names(steps: list[TrainingStep], reuse: Mapping[str, str] = {}) -> list[str]:
+    """The pipeline's outputs: what its tasks produce (reused values are inputs, not outputs)."""
     names = ["sv_uri", "mv_uri", "scene_uri"]
+    if any(step.stage.startswith("bifusion") for step in steps):
+        names.append("clip_features_uri")
     for step in steps:
         names += [f"checkpoint_{step.stage}", f"metrics_{step.stage}"]
-    return [*names, "ablation_markdown"]
+    return [name for name in names if name not in reuse] + ["ablation_markdown"]
 
 
-def build_pipeline(steps: list[TrainingStep], placement: TaskPlacement = no_placement) -> Any:
-    """A KFP pipeline function for these training steps (see `stage_graph.training_steps`)."""
-    outputs_type = NamedTuple("PipelineOutputs", [(name, str) for name in output_names(steps)])
+def build_pipeline(steps: list[TrainingStep], placement: TaskPlacement = no_placement, reuse: Mapping[str, str] = {}) -> Any:
+    """A KFP pipeline function for these training steps (see `stage_graph.training_steps`).
+
+    `reuse` (see `reuse.resolve_reuse`): outputs of an earlier run taken as they are; their tasks are left out."""
+    outputs_type = NamedTuple("PipelineOutputs", [(name, str) for name in output_names(steps, reuse)])
     with_clip = any(step.stage.startswith("bifusion") for step in steps)
 
     def body(config_json: str, raw_uri: str = "", **stage_configs: str):
@@ -54,20 +59,29 @@ def build_pipeline(steps: list[TrainingStep], placement: TaskPlacement = no_plac
             placement(task, stage)
             return task
 
-        with dsl.If(raw_uri == "", name="generate-demo-data"):
-            synth = placed(synth_component(config_json=config_json), "synth", "synth")
-            prep_generated = placed(prep_component(config_json=config_json, raw_uri=synth.output), "prep", "prep")
-        with dsl.Else(name="use-given-data"):
-            prep_given = placed(prep_component(config_json=config_json, raw_uri=raw_uri), "prep", "prep")
-        sets = {name: dsl.OneOf(prep_generated.outputs[name], prep_given.outputs[name]) for name in ("sv_uri", "mv_uri", "scene_uri")}
-        clip_features_uri: Any = ""
-        if with_clip:
+        results: dict[str, Any] = {}
+        if "sv_uri" in reuse:
+            sets: dict[str, Any] = {name: reuse[name] for name in ("sv_uri", "mv_uri", "scene_uri")}
+        else:
+            with dsl.If(raw_uri == "", name="generate-demo-data"):
+                synth = placed(synth_component(config_json=config_json), "synth", "synth")
+                prep_generated = placed(prep_component(config_json=config_json, raw_uri=synth.output), "prep", "prep")
+            with dsl.Else(name="use-given-data"):
+                prep_given = placed(prep_component(config_json=config_json, raw_uri=raw_uri), "prep", "prep")
+            sets = {name: dsl.OneOf(prep_generated.outputs[name], prep_given.outputs[name]) for name in ("sv_uri", "mv_uri", "scene_uri")}
+            results.update(sets)
+        clip_features_uri: Any = reuse.get("clip_features_uri", "")
+        if with_clip and "clip_features_uri" not in reuse:
             clip = clip_precompute_component(config_json=config_json, sv_uri=sets["sv_uri"], mv_uri=sets["mv_uri"])
-            clip_features_uri = placed(clip, "clip_precompute", "clip precompute").output
+            clip_features_uri = results["clip_features_uri"] = placed(clip, "clip_precompute", "clip precompute").output
 
         checkpoints: dict[str, Any] = {}
-        results: dict[str, Any] = dict(sets)
+        metrics: dict[str, Any] = {}
         for step in steps:
+            if f"checkpoint_{step.stage}" in reuse:
+                checkpoints[step.stage] = reuse[f"checkpoint_{step.stage}"]
+                metrics[step.stage] = reuse[f"metrics_{step.stage}"]
+                continue
             uses_clip = step.stage.startswith("bifusion")
             train = train_component(
                 config_json=stage_configs[stage_config_parameter(step.stage)],
@@ -85,11 +99,10 @@ def build_pipeline(steps: list[TrainingStep], placement: TaskPlacement = no_plac
                 clip_features_uri=clip_features_uri if uses_clip else "",
             )
             placed(evaluate, step.evaluation_stage, f"evaluate {step.stage}")
+            metrics[step.stage] = evaluate.outputs["metrics_json"]
             results[f"checkpoint_{step.stage}"] = checkpoints[step.stage]
-            results[f"metrics_{step.stage}"] = evaluate.outputs["metrics_json"]
-        summary = summary_component(
-            config_json=config_json, **{f"metrics_{step.stage}": results[f"metrics_{step.stage}"] for step in steps}
-        )
+            results[f"metrics_{step.stage}"] = metrics[step.stage]
+        summary = summary_component(config_json=config_json, **{f"metrics_{stage}": value for stage, value in metrics.items()})
         results["ablation_markdown"] = placed(summary, "summary", "ablation summary").output
         return outputs_type(**results)
 

@@ -18,6 +18,7 @@ import hashlib
 import io
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from open_clip.transformer import VisionTransformer
@@ -74,17 +75,19 @@ class ClipFeatureSource:
     is missing is computed online with `online_encoder` (the frozen tower of `load_clip_tower`; the same
     `clip_image_features` the precompute stage stores, so both paths give the same values); each such image
     counts in `missing_count`, and the first one is logged as a warning. Without an encoder a missing file
-    is an error.
+    is an error. `online_encoder_factory` builds the encoder when the first file is missing (loading a tower
+    takes seconds that a complete store never needs).
     """
 
     def __init__(
         self, storage: Storage, feature_uri: str, cache_dir: Path, online_encoder: VisionTransformer | None = None,
-        raw_root: str | None = None,
+        raw_root: str | None = None, online_encoder_factory: Callable[[], VisionTransformer] | None = None,
     ) -> None:
         self.storage = storage
         self.feature_uri = storage.resolve(feature_uri)
         self.cache_dir = Path(cache_dir) / hashlib.sha256(self.feature_uri.encode()).hexdigest()[:16]
         self.online_encoder = online_encoder
+        self.online_encoder_factory = online_encoder_factory  # builds the tower on the first missing file only
         self._raw_root = raw_root
         self.missing_count = 0
 
@@ -106,6 +109,8 @@ class ClipFeatureSource:
         data = self._read(uri)
         if data is not None:
             return decode_feature_file(data, uri)
+        if self.online_encoder is None and self.online_encoder_factory is not None:
+            self.online_encoder = self.online_encoder_factory()
         if self.online_encoder is None:
             raise NotFoundError(f"{uri}: no precomputed CLIP features for {relpath} and no online encoder; run `bifusion clip-precompute`")
         self.missing_count += 1

@@ -8,6 +8,7 @@ for the first steps, and its statistics go to MLflow every `gate_statistics_ever
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,14 @@ def feature_source_for(config: Config, clip_features_uri: str | None) -> ClipFea
     if not clip_features_uri:
         raise ValueError("BiFusion stages need the CLIP feature store: pass clip_features_uri (the output of `bifusion clip-precompute`)")
     storage = Storage(config.storage, config.workdir)
-    tower = load_clip_tower(config.clip, storage, torch.device("cpu"))
-    return ClipFeatureSource(storage, clip_features_uri, Path(config.workdir) / "cache" / "clip_features", tower.visual)
+    return ClipFeatureSource(
+        storage, clip_features_uri, Path(config.workdir) / "cache" / "clip_features",
+        online_encoder_factory=functools.partial(_cpu_tower, config.clip, storage),
+    )
+
+
+def _cpu_tower(clip: Any, storage: Storage) -> Any:
+    return load_clip_tower(clip, storage, torch.device("cpu")).visual
 
 
 def forward_fusion(model: nn.Module, batch: FusionBatch) -> list[FrameDecoderOutput]:

@@ -20,6 +20,8 @@ from torch.utils.data import Dataset
 from bifusion.components.config_schema import Config
 from bifusion.components.datasets.clip_batching import ClipBatch, ClipCollator
 from bifusion.components.datasets.multi_view import MultiViewClipDataset
+from bifusion.components.evaluate.scene_evaluation import materialise_scene_sets
+from bifusion.components.storage import Storage
 from bifusion.components.evaluate.frame_evaluation import EvaluationReport, FrameScorer
 from bifusion.components.train.model_factory import build_online_criterion, build_online_model
 from bifusion.components.train.recipes import TrainingRecipe
@@ -33,6 +35,10 @@ MODULES_NEW_IN_ONLINE = ("memory.", "box_head.", "merge_head.", "neck.")
 
 class MultiViewRecipe(TrainingRecipe):
     """Stages 3d_mv and 3dtsa_mv (the TinySA neck comes from `model.tinysa.enabled`)."""
+
+    def materialise(self, storage: Storage, data_uri: str, cache: Path) -> Path:
+        """The MV set with its scene/ sibling (clips take amodal box targets from the scene meshes)."""
+        return materialise_scene_sets(storage, data_uri, cache)
 
     def datasets(self, set_dir: Path) -> tuple[Dataset, Dataset]:
         train, voxel = self.config.train, self.config.model.backbone.voxel_size_m

@@ -16,6 +16,8 @@ from torch.utils.data import Dataset
 from bifusion.components.config_schema import Config
 from bifusion.components.datasets.batching import FrameCollator, PointBatch
 from bifusion.components.datasets.point_frames import SingleViewDataset
+from bifusion.components.datasets.set_files import materialise_set
+from bifusion.components.storage import Storage
 from bifusion.components.evaluate.frame_evaluation import EvaluationReport, evaluate_single_view
 from bifusion.components.train.model_factory import build_criterion, build_single_view_model
 from bifusion.components.train.stages import TRAIN_STAGES
@@ -30,6 +32,10 @@ class TrainingRecipe:
         self.config = config
         self.stage = stage
         self.clip_features_uri: str | None = None  # BiFusion stages: the CLIP feature store they read
+
+    def materialise(self, storage: Storage, data_uri: str, cache: Path) -> Path:
+        """A local folder holding the prepared set (remote sets are copied into `cache` once)."""
+        return materialise_set(storage, data_uri, cache)
 
     def datasets(self, set_dir: Path) -> tuple[Dataset, Dataset]:
         """(train, validation) datasets over a local copy of the prepared set."""

@@ -27,7 +27,6 @@ from tqdm import tqdm
 from bifusion.components.config import fingerprint, to_tree, to_yaml
 from bifusion.components.config_schema import Config
 from bifusion.components.datasets.point_frames import seed_worker
-from bifusion.components.datasets.set_files import materialise_set
 from bifusion.components.evaluate.frame_evaluation import EvaluationReport
 from bifusion.components.storage import Storage, join_uri
 from bifusion.components.run_pictures import log_training_plots
@@ -159,10 +158,10 @@ def _train(
     # Data: the main process copies a remote set into the cache first; the others then find it complete.
     cache = Path(config.workdir) / "cache" / "sets"
     if context.is_main:
-        set_dir = materialise_set(storage, data_uri, cache)
+        set_dir = recipe.materialise(storage, data_uri, cache)
     context.barrier()
     if not context.is_main:
-        set_dir = materialise_set(storage, data_uri, cache)
+        set_dir = recipe.materialise(storage, data_uri, cache)
     train_set, val_set = recipe.datasets(set_dir)
     collate = recipe.collate()
     sampler = ResumableSampler(len(train_set), train.seed, context.rank, context.world_size)

@@ -28,7 +28,7 @@ def test_compiled_yaml_loads_back_in_kfp(tmp_path: Path) -> None:
         "synth-component", "prep-component", "train-component", "evaluate-component", "clip-precompute-component",
         "summary-component",
     }
-    outputs = {"sv_uri", "mv_uri", "scene_uri", "ablation_markdown"}
+    outputs = {"sv_uri", "mv_uri", "scene_uri", "clip_features_uri", "ablation_markdown"}
     outputs |= {f"{kind}_{stage}" for stage in stages for kind in ("checkpoint", "metrics")}
     assert set(spec["root"]["outputDefinitions"]["parameters"]) == outputs
     tasks = spec["root"]["dag"]["tasks"]

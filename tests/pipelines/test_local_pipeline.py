@@ -105,6 +105,20 @@ def test_pipeline_on_given_raw_data_skips_synth(make_config, mlflow_uri: str, tm
     assert set(by_stage) == {"prep", "train_3d_sv", "evaluate_3d_sv", "train_3d_mv", "evaluate_3d_mv", "summary"}
     assert by_stage["prep"].data.tags["bifusion.input.raw_uri"] == raw.raw_uri
 
+    # From 3d_mv on: prep and 3d_sv come from the run above by URI, only 3d_mv (and the summary) run again.
+    from bifusion.components.tracking import pipeline_outputs
+    from bifusion.pipelines.reuse import resolve_reuse
+
+    reuse = resolve_reuse(configs.steps, "3d_mv", pipeline_outputs(configs.base, result.mlflow_parent_run_id), {})
+    assert reuse["checkpoint_3d_sv"] == result.outputs["checkpoint_3d_sv"]
+    again = run_local(configs, enable_caching=False, reuse=reuse)
+    parent = client.get_run(again.mlflow_parent_run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_stage = {run.data.tags["bifusion.stage"]: run for run in children}
+    assert set(by_stage) == {"train_3d_mv", "evaluate_3d_mv", "summary"}
+    assert by_stage["train_3d_mv"].data.tags["bifusion.input.init_checkpoint_uri"] == result.outputs["checkpoint_3d_sv"]
+    assert by_stage["train_3d_mv"].data.tags["bifusion.input.data_uri"] == result.outputs["mv_uri"]
+
 
 def test_failing_stage_fails_the_pipeline_run(make_config, mlflow_uri: str, tmp_path) -> None:
     configs = pipeline_configs(make_config)
