@@ -28,6 +28,7 @@ ALL_ROUTES = [
     "pipeline.routes=[3d, tinysa, bifusion]", "clip.weights=random", "clip.workers=1", "clip.validate_samples=1",
     "model.online.clip_frames=3",
     *(f"{stage}:train.max_iterations=3" for stage in ("3d_mv", "3dtsa_sv", "3dtsa_mv", "bifusion_sv", "bifusion_mv")),
+    "bifusion_sv:train.fusion.gate_statistics_every=1",
 ]
 STAGES = ["3d_sv", "3d_mv", "3dtsa_sv", "3dtsa_mv", "bifusion_sv", "bifusion_mv"]
 ALL_TASKS = ["synth", "prep", "clip_precompute", *(f"{kind}_{stage}" for stage in STAGES for kind in ("train", "evaluate")), "summary"]
