@@ -140,7 +140,7 @@ def evaluate_single_view(
             )
             scorer.add_frame(frame.name, frame.instance_raw, frame.semantic_raw, predicted, semantic.cpu().numpy())
             if len(renders) < render_frames:
-                renders.append({"name": frame.name, "points": frame.xyz_stored, "gt_instance_ids": frame.instance_raw,
+                renders.append({"name": frame.name, "frame": frame, "points": frame.xyz_stored, "gt_instance_ids": frame.instance_raw,
                                 "pred_masks": predicted.masks.cpu().numpy(), "pred_scores": predicted.scores.float().cpu().numpy()})
     model.train(was_training)
     report = scorer.results(time.perf_counter() - started)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -31,10 +32,13 @@ from bifusion.components.evaluate.frame_evaluation import EvaluationReport, eval
 from bifusion.components.evaluate.scene_evaluation import evaluate_scene_set
 from bifusion.components.infer import online_model_from_checkpoint
 from bifusion.components.run_pictures import log_evaluation_pictures
+from bifusion.components.clip_features.features import image_relpath
+from bifusion.components.scannet_raw import decode_color
 from bifusion.components.storage import Storage, join_uri
 from bifusion.components.tracking import stage_run
 from bifusion.components.train.checkpoints import load_checkpoint
 from bifusion.components.train.fusion_recipe import FusionCollator, ImageFedOnlineModel, feature_source_for, forward_fusion
+from bifusion.model.geometry import project_points, scale_intrinsics
 from bifusion.components.train.model_factory import build_bifusion_model, build_single_view_model
 
 
@@ -78,6 +82,21 @@ def per_class_metrics(report: EvaluationReport) -> dict[str, float]:
                 if math.isfinite(values[index]):
                     metrics[per_class_key(benchmark, name, metric)] = float(values[index])
     return metrics
+
+
+def add_projection_overlays(renders: list[dict[str, Any]], features: Any) -> None:
+    """BiFusion: each rendered frame's colour image with its points projected by the stored intrinsics and pose
+    (what the encoder samples), so wrong intrinsics or poses are visible at a glance."""
+    for item, frame in ((item, item["frame"]) for item in renders if "frame" in item):
+        camera = frame.camera
+        image_uri = join_uri(features.raw_root, image_relpath(camera["img_path"], features.raw_root))
+        image = decode_color(features.storage.read_bytes(image_uri), image_uri)
+        width, height = camera["image_size"]
+        intrinsics = scale_intrinsics(np.asarray(camera["cam2img"], dtype=np.float64)[:3, :3], (width, height),
+                                      (image.shape[1], image.shape[0]))
+        uv, z = project_points(frame.xyz_stored.astype(np.float64), intrinsics, np.asarray(camera["pose"], dtype=np.float64))
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < image.shape[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < image.shape[0])
+        item.update(image=image, uv=uv, valid=(z > 0) & inside, depth=z)
 
 
 def run_evaluate(
@@ -124,6 +143,8 @@ def run_evaluate(
         for name, result in report.coverage.items():
             run.log_text(coverage_table(result), f"coverage_{name}.csv")
             storage.write_text(join_uri(output_uri, f"coverage_{name}.csv"), coverage_table(result))
+        if is_fusion:
+            add_projection_overlays(report.renders, collate.features)
         log_evaluation_pictures(run, report, report.renders)
         run.log_text(semantic_table(report), "per_class_semantic.csv")
         storage.write_text(join_uri(output_uri, "per_class_semantic.csv"), semantic_table(report))

@@ -61,6 +61,15 @@ def test_bifusion_sv_starts_from_3d_and_logs_gate_statistics(train_config, tiny_
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/gate_statistics.png", "plots/alpha_histogram.png", "plots/loss_curves.png"} <= plots
 
+    # Evaluation: BiFusion's renders include the colour image with the points projected by intrinsics and pose.
+    from bifusion.components.evaluate.stage import run_evaluate
+
+    evaluated = run_evaluate(config, result.checkpoint_uri, tiny_sv_set, clip_features_uri=feature_uri)
+    assert "scannet200/ap50" in evaluated.metrics
+    (evaluation,) = client.search_runs([run.info.experiment_id], f"tags.`bifusion.output_uri` = '{evaluated.output_uri}'")
+    renders = {a.path for a in client.list_artifacts(evaluation.info.run_id, "renders")}
+    assert any(path.endswith("_projection.png") for path in renders) and any(path.endswith("_instances.png") for path in renders)
+
 
 def test_bifusion_without_feature_store_is_a_clear_error(train_config, tiny_sv_set: str) -> None:
     with pytest.raises(ValueError, match="clip_features_uri"):
