@@ -20,7 +20,7 @@ CHART_PIPELINE_ARGS := --cluster cluster/default --set storage.root=s3://bifusio
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,spconv]'
 	touch $(STAMP)
 
 install: $(STAMP)
