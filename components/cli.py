@@ -91,14 +91,22 @@ def _run_infer(args: argparse.Namespace) -> None:
     emit_result(result, args.result_json)
 
 
-def _parse_inputs(items: list[str]) -> dict[str, str]:
-    inputs = {}
+def parse_name_uri(items: list[str], option: str, example: str) -> dict[str, str]:
+    """`NAME=URI` command-line items -> {name: uri}; a malformed item is a ValueError naming the option."""
+    pairs = {}
     for item in items:
         name, sep, uri = item.partition("=")
         if not sep or not name or not uri:
-            raise SystemExit(f"--input {item!r}: expected NAME=URI, e.g. --input data_uri=s3://bucket/prep/abc/sv")
-        inputs[name] = uri
-    return inputs
+            raise ValueError(f"{option} {item!r}: expected NAME=URI, e.g. {option} {example}")
+        pairs[name] = uri
+    return pairs
+
+
+def _parse_inputs(items: list[str]) -> dict[str, str]:
+    try:
+        return parse_name_uri(items, "--input", "data_uri=s3://bucket/prep/abc/sv")
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _rerun(args: argparse.Namespace) -> None:

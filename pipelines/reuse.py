@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from bifusion.components.cli import parse_name_uri
 from bifusion.pipelines.stage_graph import TrainingStep
 
 DATA_OUTPUTS = ("sv_uri", "mv_uri", "scene_uri")
@@ -32,13 +33,7 @@ def downstream_stages(steps: Sequence[TrainingStep], stage: str) -> set[str]:
 
 
 def parse_reuse_items(items: Sequence[str]) -> dict[str, str]:
-    reuse = {}
-    for item in items:
-        name, sep, uri = item.partition("=")
-        if not sep or not name or not uri:
-            raise ValueError(f"--reuse {item!r}: expected NAME=URI, e.g. checkpoint_3d_sv=s3://bucket/store/train/3d_sv/.../best.pt")
-        reuse[name] = uri
-    return reuse
+    return parse_name_uri(list(items), "--reuse", "checkpoint_3d_sv=s3://bucket/store/train/3d_sv/.../best.pt")
 
 
 def resolve_reuse(

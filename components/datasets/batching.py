@@ -56,6 +56,31 @@ def instance_targets(instance_raw: np.ndarray, semantic_index: np.ndarray, class
     return ids, np.asarray(labels, dtype=np.int64)
 
 
+@dataclass
+class FrameTensors:
+    """One frame's network inputs and targets as tensors; `instance_ids` (N,) and `num_instances` are the
+    contiguous thing instances of `instance_targets` (multi-view collation maps them to clip-level ids)."""
+
+    xyz: Tensor
+    colors: Tensor
+    superpoints: Tensor
+    semantic: Tensor
+    targets: FrameTargets
+    instance_ids: np.ndarray
+    num_instances: int
+
+
+def frame_tensors(frame: PointFrame, class_agnostic: bool) -> FrameTensors:
+    semantic_index = scannet200_raw_to_index(frame.semantic_raw)
+    ids, labels = instance_targets(frame.instance_raw, semantic_index, class_agnostic)
+    sp = torch.from_numpy(frame.superpoints)
+    sem = torch.from_numpy(semantic_index)
+    targets = make_frame_targets(
+        torch.from_numpy(ids), torch.from_numpy(labels), sem, sp, int(sp.max()) + 1 if len(sp) else 0, SCANNET200_IGNORE_INDEX
+    )
+    return FrameTensors(torch.from_numpy(frame.xyz), torch.from_numpy(frame.colors), sp, sem, targets, ids, len(labels))
+
+
 class FrameCollator:
     """DataLoader collate_fn: frames -> PointBatch (targets built on the CPU, in the loader workers)."""
 
@@ -63,20 +88,9 @@ class FrameCollator:
         self.class_agnostic = class_agnostic
 
     def __call__(self, frames: list[PointFrame]) -> PointBatch:
-        xyz, colors, superpoints, semantic, targets = [], [], [], [], []
-        for frame in frames:
-            semantic_index = scannet200_raw_to_index(frame.semantic_raw)
-            ids, labels = instance_targets(frame.instance_raw, semantic_index, self.class_agnostic)
-            sp = torch.from_numpy(frame.superpoints)
-            sem = torch.from_numpy(semantic_index)
-            xyz.append(torch.from_numpy(frame.xyz))
-            colors.append(torch.from_numpy(frame.colors))
-            superpoints.append(sp)
-            semantic.append(sem)
-            targets.append(
-                make_frame_targets(
-                    torch.from_numpy(ids), torch.from_numpy(labels), sem, sp, int(sp.max()) + 1 if len(sp) else 0,
-                    SCANNET200_IGNORE_INDEX,
-                )
-            )
+        tensors = [frame_tensors(frame, self.class_agnostic) for frame in frames]
+        xyz, colors, superpoints, semantic, targets = (
+            [t.xyz for t in tensors], [t.colors for t in tensors], [t.superpoints for t in tensors],
+            [t.semantic for t in tensors], [t.targets for t in tensors],
+        )
         return PointBatch(frames, xyz, colors, superpoints, semantic, targets)

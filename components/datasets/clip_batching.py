@@ -13,12 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bifusion.components.datasets.batching import instance_targets
+from bifusion.components.datasets.batching import frame_tensors
 from bifusion.components.datasets.multi_view import PointClip
 from bifusion.components.datasets.point_frames import PointFrame
-from bifusion.components.evaluate.benchmark_classes import SCANNET200_IGNORE_INDEX, scannet200_raw_to_index
 from bifusion.model.box_head import instance_boxes_from_points
-from bifusion.model.criterion import make_frame_targets
 from bifusion.model.online_criterion import ClipTargets
 
 
@@ -69,21 +67,9 @@ class ClipCollator:
     def __call__(self, clips: list[PointClip]) -> ClipBatch:
         batch = ClipBatch([], [], [], [], [], [], [])
         for clip in clips:
-            xyz, colors, superpoints, semantic, frame_targets, frame_raw_ids = [], [], [], [], [], []
-            for frame in clip.frames:
-                semantic_index = scannet200_raw_to_index(frame.semantic_raw)
-                ids, labels = instance_targets(frame.instance_raw, semantic_index, self.class_agnostic)
-                sp = torch.from_numpy(frame.superpoints)
-                sem = torch.from_numpy(semantic_index)
-                xyz.append(torch.from_numpy(frame.xyz))
-                colors.append(torch.from_numpy(frame.colors))
-                superpoints.append(sp)
-                semantic.append(sem)
-                frame_targets.append(make_frame_targets(
-                    torch.from_numpy(ids), torch.from_numpy(labels), sem, sp, int(sp.max()) + 1 if len(sp) else 0,
-                    SCANNET200_IGNORE_INDEX,
-                ))
-                frame_raw_ids.append(frame_instance_raw_ids(frame.instance_raw, ids, len(labels)))
+            tensors = [frame_tensors(frame, self.class_agnostic) for frame in clip.frames]
+            frame_raw_ids = [frame_instance_raw_ids(frame.instance_raw, t.instance_ids, t.num_instances)
+                             for frame, t in zip(clip.frames, tensors)]
             clip_raw_ids = np.unique(np.concatenate(frame_raw_ids)) if frame_raw_ids else np.zeros(0, np.int64)
             frame_instance_ids = [torch.from_numpy(np.searchsorted(clip_raw_ids, raw)) for raw in frame_raw_ids]
             boxes, present = instance_boxes_from_points(
@@ -92,9 +78,9 @@ class ClipCollator:
             )
             batch.scenes.append(clip.scene)
             batch.frames.append(clip.frames)
-            batch.xyz.append(xyz)
-            batch.colors.append(colors)
-            batch.superpoints.append(superpoints)
-            batch.semantic.append(semantic)
-            batch.targets.append(ClipTargets(frame_targets, frame_instance_ids, boxes, present))
+            batch.xyz.append([t.xyz for t in tensors])
+            batch.colors.append([t.colors for t in tensors])
+            batch.superpoints.append([t.superpoints for t in tensors])
+            batch.semantic.append([t.semantic for t in tensors])
+            batch.targets.append(ClipTargets([t.targets for t in tensors], frame_instance_ids, boxes, present))
         return batch

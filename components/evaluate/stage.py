@@ -87,7 +87,8 @@ def per_class_metrics(report: EvaluationReport) -> dict[str, float]:
 def add_projection_overlays(renders: list[dict[str, Any]], features: Any) -> None:
     """BiFusion: each rendered frame's colour image with its points projected by the stored intrinsics and pose
     (what the encoder samples), so wrong intrinsics or poses are visible at a glance."""
-    for item, frame in ((item, item["frame"]) for item in renders if "frame" in item):
+    for item in renders:
+        frame = item["frame"]
         camera = frame.camera
         image_uri = join_uri(features.raw_root, image_relpath(camera["img_path"], features.raw_root))
         image = decode_color(features.storage.read_bytes(image_uri), image_uri)
@@ -125,37 +126,52 @@ def run_evaluate(
     if is_fusion:
         collate, forward = FusionCollator(collate, feature_source_for(config, clip_features_uri)), forward_fusion
     loader = DataLoader(dataset, batch_size=1, collate_fn=collate, num_workers=0)
-    sections: dict[str, Any] = {"workdir": config.workdir, "storage": config.storage, "evaluate": config.evaluate}
-    tags = {"bifusion.input.checkpoint_uri": checkpoint_uri, "bifusion.input.data_uri": data_uri, "bifusion.output_uri": output_uri}
-    if clip_features_uri:
-        tags["bifusion.input.clip_features_uri"] = clip_features_uri
+    sections, tags = _run_sections_and_tags(config, checkpoint_uri, data_uri, output_uri, clip_features_uri)
     with stage_run(f"evaluate_{trained_stage}", config, sections, tags) as run, tempfile.TemporaryDirectory() as tmp:
         export_dir = Path(tmp) / "benchmark_files" if config.evaluate.export_official else None
         report = evaluate_single_view(model, loader, config.evaluate, model_config.class_agnostic, device, export_dir,
                                       forward=forward, render_frames=config.evaluate.render_frames)
-        metrics = {k: v for k, v in report.summary.items() if math.isfinite(v)}
-        run.log_metrics({**metrics, "seconds_per_frame": report.seconds_per_frame, "frames": report.frames})
-        metrics.update(per_class_metrics(report))  # returned (ablation input), not logged: they are the CSV tables
-        for name in report.instance:
-            table = instance_table(report, name)
-            run.log_text(table, f"per_class_{name}.csv")
-            storage.write_text(join_uri(output_uri, f"per_class_{name}.csv"), table)
-        for name, result in report.coverage.items():
-            run.log_text(coverage_table(result), f"coverage_{name}.csv")
-            storage.write_text(join_uri(output_uri, f"coverage_{name}.csv"), coverage_table(result))
         if is_fusion:
             add_projection_overlays(report.renders, collate.features)
-        log_evaluation_pictures(run, report, report.renders)
-        run.log_text(semantic_table(report), "per_class_semantic.csv")
-        storage.write_text(join_uri(output_uri, "per_class_semantic.csv"), semantic_table(report))
         summary = {"metrics": report.summary, "frames": report.frames, "seconds_per_frame": report.seconds_per_frame,
                    "skipped_benchmarks": report.skipped_benchmarks, "checkpoint_uri": checkpoint_uri}
-        storage.write_json(join_uri(output_uri, "summary.json"), summary)
-        storage.write_text(join_uri(output_uri, "config.yaml"), to_yaml(sections))
-        run.log_dict(summary, "summary.json")
-        if export_dir is not None and export_dir.exists():
-            storage.upload_dir(export_dir, join_uri(output_uri, "benchmark_files"))
+        metrics = _publish_report(run, storage, output_uri, report, "frames", summary, sections, export_dir)
     return EvaluateResult(output_uri, metrics, report.frames)
+
+
+def _run_sections_and_tags(
+    config: Config, checkpoint_uri: str, data_uri: str, output_uri: str, clip_features_uri: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config sections an evaluate run logs, and its input/output tags (what `bifusion rerun` reads)."""
+    sections: dict[str, Any] = {"workdir": config.workdir, "storage": config.storage, "evaluate": config.evaluate}
+    tags = {"bifusion.input.checkpoint_uri": checkpoint_uri, "bifusion.input.data_uri": data_uri, "bifusion.output_uri": output_uri}
+    if clip_features_uri:
+        tags["bifusion.input.clip_features_uri"] = clip_features_uri
+    return sections, tags
+
+
+def _publish_report(
+    run: Any, storage: Storage, output_uri: str, report: EvaluationReport, count_name: str, summary: dict[str, Any],
+    sections: dict[str, Any], export_dir: Path | None,
+) -> dict[str, float]:
+    """Metrics, per-class and coverage tables, pictures, summary and official files to MLflow and the store;
+    returns the flat metrics plus per-class AP (the ablation summary's input)."""
+    metrics = {k: v for k, v in report.summary.items() if math.isfinite(v)}
+    run.log_metrics({**metrics, "seconds_per_frame": report.seconds_per_frame, count_name: report.frames})
+    metrics.update(per_class_metrics(report))  # returned, not logged: they are the CSV tables
+    tables = {f"per_class_{name}.csv": instance_table(report, name) for name in report.instance}
+    tables.update({f"coverage_{name}.csv": coverage_table(result) for name, result in report.coverage.items()})
+    tables["per_class_semantic.csv"] = semantic_table(report)
+    for name, table in tables.items():
+        run.log_text(table, name)
+        storage.write_text(join_uri(output_uri, name), table)
+    log_evaluation_pictures(run, report, report.renders)
+    storage.write_json(join_uri(output_uri, "summary.json"), summary)
+    storage.write_text(join_uri(output_uri, "config.yaml"), to_yaml(sections))
+    run.log_dict(summary, "summary.json")
+    if export_dir is not None and export_dir.exists():
+        storage.upload_dir(export_dir, join_uri(output_uri, "benchmark_files"))
+    return metrics
 
 
 def _evaluate_scenes(
@@ -170,29 +186,13 @@ def _evaluate_scenes(
     if model.encoder is not None:  # bifusion_mv: every streamed frame brings its stored CLIP features
         frame_model = ImageFedOnlineModel(model, feature_source_for(config, clip_features_uri))
         before_frame = frame_model.queue
-    trained_stage = checkpoint["stage"]
-    sections: dict[str, Any] = {"workdir": config.workdir, "storage": config.storage, "evaluate": config.evaluate}
-    tags = {"bifusion.input.checkpoint_uri": checkpoint_uri, "bifusion.input.data_uri": data_uri, "bifusion.output_uri": output_uri}
-    if clip_features_uri:
-        tags["bifusion.input.clip_features_uri"] = clip_features_uri
-    with stage_run(f"evaluate_{trained_stage}", config, sections, tags) as run, tempfile.TemporaryDirectory() as tmp:
+    sections, tags = _run_sections_and_tags(config, checkpoint_uri, data_uri, output_uri, clip_features_uri)
+    with stage_run(f"evaluate_{checkpoint['stage']}", config, sections, tags) as run, tempfile.TemporaryDirectory() as tmp:
         export_dir = Path(tmp) / "benchmark_files" if config.evaluate.export_official else None
         report = evaluate_scene_set(frame_model, storage, data_uri, config, model_config.class_agnostic, device, export_dir,
                                     before_frame)
-        metrics = {k: v for k, v in report.summary.items() if math.isfinite(v)}
-        run.log_metrics({**metrics, "seconds_per_frame": report.seconds_per_frame, "scenes": report.frames})
-        metrics.update(per_class_metrics(report))
-        for name in report.instance:
-            storage.write_text(join_uri(output_uri, f"per_class_{name}.csv"), instance_table(report, name))
-        for name, result in report.coverage.items():
-            storage.write_text(join_uri(output_uri, f"coverage_{name}.csv"), coverage_table(result))
-        storage.write_text(join_uri(output_uri, "per_class_semantic.csv"), semantic_table(report))
         summary = {"metrics": report.summary, "scenes": report.frames, "seconds_per_frame": report.seconds_per_frame,
                    "segment_smoothing": config.evaluate.segment_smoothing, "protocol": "whole scene, mesh vertices",
                    "skipped_benchmarks": report.skipped_benchmarks, "checkpoint_uri": checkpoint_uri}
-        storage.write_json(join_uri(output_uri, "summary.json"), summary)
-        storage.write_text(join_uri(output_uri, "config.yaml"), to_yaml(sections))
-        run.log_dict(summary, "summary.json")
-        if export_dir is not None and export_dir.exists():
-            storage.upload_dir(export_dir, join_uri(output_uri, "benchmark_files"))
+        metrics = _publish_report(run, storage, output_uri, report, "scenes", summary, sections, export_dir)
     return EvaluateResult(output_uri, metrics, report.frames)

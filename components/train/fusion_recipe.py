@@ -54,13 +54,16 @@ class FusionBatch:
         return self.points.superpoints
 
     def to(self, device: torch.device) -> "FusionBatch":
-        cameras = [FrameCamera(c.intrinsics.to(device), c.cam_to_world.to(device), c.image_size,
-                               None if c.depth_m is None else c.depth_m.to(device)) for c in self.cameras]
         return FusionBatch(
-            self.points.to(device), self.clip_features.to(device), cameras,
+            self.points.to(device), self.clip_features.to(device), [camera_to(c, device) for c in self.cameras],
             [p.to(device) for p in self.points_camera_frame],
             [None if p is None else p.to(device) for p in self.source_pixels],
         )
+
+
+def camera_to(camera: FrameCamera, device: torch.device) -> FrameCamera:
+    depth = None if camera.depth_m is None else camera.depth_m.to(device)
+    return FrameCamera(camera.intrinsics.to(device), camera.cam_to_world.to(device), camera.image_size, depth)
 
 
 def frame_camera(frame: PointFrame) -> FrameCamera:
@@ -205,10 +208,8 @@ class FusionClipBatch:
 
 
 def image_to(image: FrameImageInputs, device: torch.device) -> FrameImageInputs:
-    c = image.camera
-    camera = FrameCamera(c.intrinsics.to(device), c.cam_to_world.to(device), c.image_size, None if c.depth_m is None else c.depth_m.to(device))
     pixels = None if image.source_pixels is None else image.source_pixels.to(device)
-    return FrameImageInputs(image.clip_features.to(device), camera, image.points_camera_frame.to(device), pixels)
+    return FrameImageInputs(image.clip_features.to(device), camera_to(image.camera, device), image.points_camera_frame.to(device), pixels)
 
 
 class FusionClipCollator:
